@@ -1,0 +1,3 @@
+from alexnet_k3.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""The AlexNet builder: one functional Keras model for every variant and backend.
+
+Nothing here imports a backend or asks which one is active: the same code runs on
+torch, tensorflow and jax. Variants differ only in the small `VariantConfig`
+records below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from alexnet_k3.layers import LocalResponseNormalization
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolution: `padding` is torch's symmetric zero padding in pixels."""
+
+    filters: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    pool_after: bool = False
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """Everything that distinguishes one AlexNet variant from another."""
+
+    convs: tuple[ConvSpec, ...]
+    dense_units: tuple[int, ...]
+    default_size: int
+    pool_size: int = 3
+    pool_stride: int = 2
+    pool_padding: str = "valid"
+    # Adaptive average pooling to this grid before the classifier (torchvision's
+    # `avgpool`); None flattens whatever the last pooling leaves.
+    pooled_size: tuple[int, int] | None = (6, 6)
+    # "lrn", "batchnorm" or None, applied after the activation of `norm_after` convs.
+    normalization: str | None = None
+    norm_after: tuple[int, ...] = ()
+    description: str = ""
+
+
+VARIANTS: dict[str, VariantConfig] = {
+    # torchvision.models.alexnet, layer for layer (the one-GPU version of the paper
+    # from "One weird trick...", Krizhevsky 2014): its pretrained weights load as is.
+    "torchvision": VariantConfig(
+        convs=(
+            ConvSpec(64, 11, stride=4, padding=2, pool_after=True),
+            ConvSpec(192, 5, padding=2, pool_after=True),
+            ConvSpec(384, 3, padding=1),
+            ConvSpec(256, 3, padding=1),
+            ConvSpec(256, 3, padding=1, pool_after=True),
+        ),
+        dense_units=(4096, 4096),
+        default_size=224,
+        description="torchvision's AlexNet (64-192-384-256-256), 224x224, ImageNet weights",
+    ),
+    # Krizhevsky et al. 2012 without the two-GPU split: 96-256-384-384-256 filters,
+    # LRN after conv1 and conv2, 227x227 input. The adaptive pooling is the identity
+    # at 227x227 and lets other sizes work too.
+    "paper": VariantConfig(
+        convs=(
+            ConvSpec(96, 11, stride=4, padding=0, pool_after=True),
+            ConvSpec(256, 5, padding=2, pool_after=True),
+            ConvSpec(384, 3, padding=1),
+            ConvSpec(384, 3, padding=1),
+            ConvSpec(256, 3, padding=1, pool_after=True),
+        ),
+        dense_units=(4096, 4096),
+        default_size=227,
+        normalization="lrn",
+        norm_after=(1, 2),
+        description="Krizhevsky et al. 2012 (96-256-384-384-256, LRN), 227x227",
+    ),
+    # A native 32x32 AlexNet for CIFAR-10: the same five convolutions and three
+    # dense layers, at half torchvision's widths, with 3x3 kernels and stride 1
+    # (an 11x11/4 stem would throw away most of a 32x32 image), overlapping 3/2
+    # max pooling padded to halve the grid (32 -> 16 -> 8 -> 4), batch
+    # normalization after every convolution (trains in a few epochs without LRN's
+    # tuning) and 1024-unit dense layers. About 0.1 GFLOP per image: seconds per
+    # epoch of the digits on a 2-core CPU.
+    "cifar": VariantConfig(
+        convs=(
+            ConvSpec(32, 3, padding=1, pool_after=True),
+            ConvSpec(96, 3, padding=1, pool_after=True),
+            ConvSpec(192, 3, padding=1),
+            ConvSpec(128, 3, padding=1),
+            ConvSpec(128, 3, padding=1, pool_after=True),
+        ),
+        dense_units=(1024, 1024),
+        default_size=32,
+        pool_padding="same",
+        pooled_size=None,
+        normalization="batchnorm",
+        norm_after=(1, 2, 3, 4, 5),
+        description="native 32x32 AlexNet for CIFAR-10 (32-96-192-128-128, batch norm)",
+    ),
+}
+
+NORMALIZATIONS = ("lrn", "batchnorm", "none")
+
+# The paper's LRN constants, in torch's convention (alpha divided by size).
+LRN_ARGS = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
+
+
+def min_input_size(variant: str = "torchvision") -> int:
+    """Smallest square input side that leaves at least one pixel after the last pooling."""
+    config = _get_variant(variant)
+    size = 1
+    while _final_grid(config, size) < 1:
+        size += 1
+    return size
+
+
+def AlexNet(
+    num_classes: int = 1000,
+    *,
+    variant: str = "torchvision",
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    dropout: float = 0.5,
+    weights: str | None = None,
+    include_top: bool = True,
+    normalization: str | None = None,
+    freeze_features: bool = False,
+    name: str | None = None,
+) -> keras.Model:
+    """Builds AlexNet as a functional `keras.Model` returning logits.
+
+    Args:
+        num_classes: size of the last dense layer (`predictions`).
+        variant: `"torchvision"` (torchvision's layers, the default), `"paper"`
+            (Krizhevsky et al. 2012 with LRN) or `"cifar"` (native 32x32).
+            `alexnet_k3.model.VARIANTS` describes each.
+        input_shape: `(H, W, 3)` under `channels_last`, `(3, H, W)` under
+            `channels_first` (`keras.config.image_data_format()`). H and W may be
+            None for a size-agnostic model. Defaults to the variant's native size.
+        dropout: dropout rate before `fc6` and `fc7`, in [0, 1).
+        weights: None (random initialization), `"imagenet"` (torchvision's
+            `AlexNet_Weights.IMAGENET1K_V1`), the path of a torchvision `.pth`
+            state_dict, or a `.weights.h5` file written by `alexnet-k3 convert`.
+            Only the `"torchvision"` variant has pretrained weights. With
+            `num_classes != 1000` every layer but `predictions` is loaded and
+            `predictions` keeps its fresh initialization (transfer learning).
+        include_top: False stops after the (adaptive) pooling of the last
+            convolution, returning feature maps.
+        normalization: `"lrn"`, `"batchnorm"` or `"none"`; None keeps the variant's
+            own choice (LRN for `"paper"`, batch norm for `"cifar"`, nothing for
+            `"torchvision"`).
+        freeze_features: True makes the five convolutions non-trainable (feature
+            extraction: only the classifier learns).
+        name: model name; defaults to `alexnet_<variant>`.
+
+    Returns:
+        A `keras.Model` mapping normalized float images to `num_classes` logits.
+
+    Example:
+        >>> import alexnet_k3 as ak
+        >>> model = ak.AlexNet(num_classes=10)
+        >>> model.count_params()
+        57044810
+    """
+    config = _get_variant(variant)
+    _check_arguments(num_classes, dropout, normalization, weights, include_top, variant)
+    norm = config.normalization if normalization is None else normalization
+    norm = None if norm == "none" else norm
+    data_format = keras.config.image_data_format()
+    input_shape = _standardize_input_shape(input_shape, config, variant, data_format)
+
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = inputs
+    for index, spec in enumerate(config.convs, start=1):
+        x = _conv_block(x, spec, index, norm if index in config.norm_after else None, config)
+    if config.pooled_size is not None:
+        x = keras.layers.AdaptiveAveragePooling2D(config.pooled_size, name="avgpool")(x)
+    if include_top:
+        x = keras.layers.Flatten(name="flatten")(x)
+        for index, units in enumerate(config.dense_units, start=6):
+            x = keras.layers.Dropout(dropout, name=f"drop{index}")(x)
+            x = keras.layers.Dense(units, activation="relu", name=f"fc{index}")(x)
+        # Logits in float32 even under a mixed precision policy, so the loss and
+        # softmax never see bfloat16/float16 values.
+        x = keras.layers.Dense(num_classes, name="predictions", dtype="float32")(x)
+    model = keras.Model(inputs, x, name=name or f"alexnet_{variant}")
+
+    if weights is not None:
+        from alexnet_k3.weights import load_weights
+
+        load_weights(model, weights)
+    if freeze_features:
+        for index in range(1, len(config.convs) + 1):
+            model.get_layer(f"conv{index}").trainable = False
+    return model
+
+
+def _conv_block(x, spec: ConvSpec, index: int, norm: str | None, config: VariantConfig):
+    same = spec.stride == 1 and spec.kernel % 2 == 1 and spec.padding == spec.kernel // 2
+    if spec.padding and not same:
+        x = keras.layers.ZeroPadding2D(spec.padding, name=f"conv{index}_pad")(x)
+    x = keras.layers.Conv2D(
+        spec.filters,
+        spec.kernel,
+        strides=spec.stride,
+        padding="same" if same else "valid",
+        activation="relu",
+        name=f"conv{index}",
+    )(x)
+    if norm == "lrn":
+        x = LocalResponseNormalization(**LRN_ARGS, name=f"norm{index}")(x)
+    elif norm == "batchnorm":
+        axis = 1 if keras.config.image_data_format() == "channels_first" else -1
+        x = keras.layers.BatchNormalization(axis=axis, name=f"norm{index}")(x)
+    if spec.pool_after:
+        x = keras.layers.MaxPooling2D(
+            config.pool_size, config.pool_stride, padding=config.pool_padding, name=f"pool{index}"
+        )(x)
+    return x
+
+
+def _final_grid(config: VariantConfig, size: int) -> int:
+    """Spatial side after the last pooling for a square input of side `size`."""
+    for spec in config.convs:
+        size = (size + 2 * spec.padding - spec.kernel) // spec.stride + 1
+        if size < 1:
+            return 0
+        if spec.pool_after:
+            if config.pool_padding == "same":
+                size = -(-size // config.pool_stride)
+            else:
+                size = (size - config.pool_size) // config.pool_stride + 1
+            if size < 1:
+                return 0
+    return size
+
+
+def _get_variant(variant) -> VariantConfig:
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"Unknown `variant`={variant!r}. Expected one of {sorted(VARIANTS)}."
+        )
+    return VARIANTS[variant]
+
+
+def _check_arguments(num_classes, dropout, normalization, weights, include_top, variant):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"`num_classes` must be a positive integer, received num_classes={num_classes!r}."
+        )
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"`dropout` must be in [0, 1), received dropout={dropout!r}.")
+    if normalization is not None and normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"`normalization` must be one of {NORMALIZATIONS} or None, "
+            f"received normalization={normalization!r}."
+        )
+    if weights is None:
+        return
+    if not isinstance(weights, str) and not hasattr(weights, "__fspath__"):
+        raise ValueError(
+            "`weights` must be None, 'imagenet' or the path of a .pth or .weights.h5 file, "
+            f"received weights of type {type(weights).__name__}."
+        )
+    if variant != "torchvision":
+        raise ValueError(
+            f"Pretrained `weights`={str(weights)!r} exist only for variant='torchvision', "
+            f"received variant={variant!r}. Use weights=None to train this variant from scratch."
+        )
+    if normalization not in (None, "none"):
+        raise ValueError(
+            f"Pretrained `weights` have no {normalization!r} layers, received "
+            f"normalization={normalization!r}. Leave `normalization` unset to load weights."
+        )
+    if not include_top and num_classes != 1000:
+        raise ValueError(
+            f"`num_classes`={num_classes} has no effect with include_top=False and weights="
+            f"{str(weights)!r}: there is no classifier to size. Leave num_classes at 1000 or "
+            "set include_top=True."
+        )
+
+
+def _standardize_input_shape(input_shape, config, variant, data_format):
+    minimum = min_input_size(variant)
+    if input_shape is None:
+        side = config.default_size
+        return (3, side, side) if data_format == "channels_first" else (side, side, 3)
+    input_shape = tuple(input_shape)
+    channels_axis = 0 if data_format == "channels_first" else 2
+    expected = "(3, H, W)" if data_format == "channels_first" else "(H, W, 3)"
+    if len(input_shape) != 3 or input_shape[channels_axis] != 3:
+        raise ValueError(
+            f"`input_shape` must be {expected} under image_data_format={data_format!r}, "
+            f"received input_shape={input_shape!r}."
+        )
+    spatial = [d for i, d in enumerate(input_shape) if i != channels_axis]
+    for side in spatial:
+        if side is not None and (not isinstance(side, int) or side < minimum):
+            raise ValueError(
+                f"variant={variant!r} needs inputs of at least {minimum}x{minimum}, "
+                f"received input_shape={input_shape!r}."
+            )
+    if config.pooled_size is None and None in spatial:
+        raise ValueError(
+            f"variant={variant!r} flattens its last feature map, so its size must be known: "
+            f"received input_shape={input_shape!r}. Give H and W."
+        )
+    return input_shape
