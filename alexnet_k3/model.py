@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import keras
 
-from alexnet_k3.layers import LocalResponseNormalization
+from alexnet_k3.layers import AdaptiveAveragePooling2D, LocalResponseNormalization
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def AlexNet(
     for index, spec in enumerate(config.convs, start=1):
         x = _conv_block(x, spec, index, norm if index in config.norm_after else None, config)
     if config.pooled_size is not None:
-        x = keras.layers.AdaptiveAveragePooling2D(config.pooled_size, name="avgpool")(x)
+        x = AdaptiveAveragePooling2D(config.pooled_size, name="avgpool")(x)
     if include_top:
         x = keras.layers.Flatten(name="flatten")(x)
         for index, units in enumerate(config.dense_units, start=6):
@@ -239,7 +239,7 @@ def _final_grid(config: VariantConfig, size: int) -> int:
 def _get_variant(variant) -> VariantConfig:
     if variant not in VARIANTS:
         raise ValueError(
-            f"Unknown `variant`={variant!r}. Expected one of {sorted(VARIANTS)}."
+            f"Unknown variant={variant!r}. Expected one of {sorted(VARIANTS)}."
         )
     return VARIANTS[variant]
 
