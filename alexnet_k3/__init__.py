@@ -1,6 +1,7 @@
 """alexnet_k3: one Keras 3 AlexNet for the torch, tensorflow and jax backends.
 
-Pick the backend with the `KERAS_BACKEND` environment variable before importing.
+Pick the backend with the `KERAS_BACKEND` environment variable before importing
+Keras (or anything that imports it).
 
 Example:
     >>> import alexnet_k3 as ak
@@ -8,21 +9,21 @@ Example:
     57044810
 """
 
-from alexnet_k3.model import AlexNet
-
 __version__ = "0.1.0"
 
-# Loaded on first use so that `import alexnet_k3` stays light (no h5py reading,
-# no matplotlib, no scikit-learn) until a feature needs them.
+# Everything is loaded on first use: `import alexnet_k3` does not import Keras,
+# so the command line can still choose the backend after importing the package.
 _LAZY = {
+    "AlexNet": "alexnet_k3.model",
     "load_torchvision_weights": "alexnet_k3.weights",
     "to_torchvision_state_dict": "alexnet_k3.weights",
     "train": "alexnet_k3.training",
     "evaluate": "alexnet_k3.evaluation",
+    "load_model": "alexnet_k3.evaluation",
     "datasets": "alexnet_k3.datasets",
 }
 
-__all__ = ["AlexNet", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):
@@ -32,3 +33,7 @@ def __getattr__(name):
         module = importlib.import_module(_LAZY[name])
         return module if name == "datasets" else getattr(module, name)
     raise AttributeError(f"module 'alexnet_k3' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -26,6 +26,7 @@ def input_pipeline(
     image_size: int,
     *,
     augment: bool = False,
+    flip: bool = True,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     padding: int = 4,
@@ -37,9 +38,11 @@ def input_pipeline(
         image_size: side of the square output (images are resized bilinearly
             when it differs from the input's).
         augment: add random translation by up to `padding` pixels with zero fill
-            (the same as padding then randomly cropping) and random horizontal
-            flips. They act only in training (`fit`); inference sees the
-            image unchanged.
+            (the same as padding then randomly cropping) and, with `flip`, random
+            horizontal flips. They act only in training (`fit`); inference sees
+            the image unchanged.
+        flip: whether `augment` includes horizontal flips (not for digits, whose
+            mirror images are other symbols).
         mean, std: per-channel statistics of images scaled to [0, 1].
         padding: the largest translation in pixels, at the input's resolution.
         name: name of the returned `keras.Sequential`.
@@ -49,10 +52,11 @@ def input_pipeline(
     """
     layers = [keras.layers.Rescaling(1.0 / 255.0, name="scale")]
     if augment:
-        layers += [
-            RandomPadCrop(padding, name="pad_crop"),
-            keras.layers.RandomFlip("horizontal", data_format="channels_last", name="flip"),
-        ]
+        layers.append(RandomPadCrop(padding, name="pad_crop"))
+        if flip:
+            layers.append(
+                keras.layers.RandomFlip("horizontal", data_format="channels_last", name="flip")
+            )
     layers.append(
         keras.layers.Resizing(
             image_size, image_size, interpolation="bilinear", data_format="channels_last",
@@ -126,6 +130,11 @@ def imagenet_preprocess(
     Resizes the shorter side to `resize_size` (bilinear, antialiased), crops the
     centre `crop_size` square, scales to [0, 1] and normalizes with
     `IMAGENET_MEAN`/`IMAGENET_STD`: `AlexNet_Weights.IMAGENET1K_V1.transforms()`.
+    uint8 images are rounded back to whole grey levels after resizing, as
+    torchvision's resize does for PIL images and uint8 tensors (float inputs are
+    not rounded, as in torchvision). The result agrees with torchvision's to
+    float32 rounding, up to rare one-grey-level differences where a resized value
+    lies within float error of a rounding boundary.
 
     Args:
         images: uint8 or float (0-255) array of shape `(N, H, W, 3)` (channels last).
@@ -136,7 +145,9 @@ def imagenet_preprocess(
         A float32 backend tensor `(N, crop, crop, 3)` or, under `channels_first`,
         `(N, 3, crop, crop)`.
     """
-    images = ops.cast(ops.convert_to_tensor(images), "float32")
+    images = ops.convert_to_tensor(images)
+    rounds_to_uint8 = keras.backend.standardize_dtype(images.dtype) == "uint8"
+    images = ops.cast(images, "float32")
     if len(images.shape) != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"imagenet_preprocess expects (N, H, W, 3) images, received shape {images.shape}."
@@ -151,6 +162,10 @@ def imagenet_preprocess(
         images, (new_h, new_w), interpolation="bilinear", antialias=True,
         data_format="channels_last",
     )
+    if rounds_to_uint8:
+        # torchvision resizes uint8 images to uint8: without this rounding the
+        # result differs by up to half a grey level (0.0087 after normalizing).
+        images = ops.clip(ops.round(images), 0.0, 255.0)
     # Centre crop with torchvision's rounding of the offsets.
     top = int(round((new_h - crop_size) / 2.0))
     left = int(round((new_w - crop_size) / 2.0))

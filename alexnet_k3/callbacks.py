@@ -1,0 +1,132 @@
+"""Keras callbacks for runs that can be killed at any moment and resumed.
+
+Every file is written to a temporary name in the same folder and then renamed
+over the old one (`os.replace` is atomic on POSIX and Windows), so a run killed
+mid-write leaves the previous complete file, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save(save, path: Path) -> None:
+    """Calls `save(tmp_path)` then renames the result to `path`.
+
+    The temporary name keeps the real suffix (`.keras`, `.weights.h5`), which
+    Keras's savers require.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    save(str(tmp))
+    os.replace(tmp, path)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose backup survives a kill at any instant.
+
+    Keras writes the weights and then the epoch counter in place, so a kill during
+    either write can leave a truncated file or a counter that disagrees with the
+    weights. Here each epoch's weights go to a new file and a small JSON pointer
+    naming that file and its epoch is renamed into place last: the pointer always
+    names complete weights of the epoch it states.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=True)
+        self._pointer = Path(backup_dir) / "latest.json"
+
+    def _save_model(self):
+        backup_dir = Path(self.backup_dir)
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch:04d}.weights.h5"
+        atomic_save(lambda p: self.model.save_weights(p, overwrite=True), backup_dir / name)
+        atomic_write_text(
+            self._pointer, json.dumps({"epoch": self._current_epoch, "weights": name})
+        )
+        for old in backup_dir.glob("epoch-*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def _load_model(self):
+        if not self._pointer.exists():
+            return
+        state = json.loads(self._pointer.read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(Path(self.backup_dir) / state["weights"]))
+        self.model._initial_epoch = int(state["epoch"])
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (`.keras`) whenever `monitor` improves, atomically.
+
+    Args:
+        path: where the best model goes.
+        monitor: a key of the epoch logs, e.g. "val_accuracy".
+        mode: "max" or "min".
+        best: the best value seen so far (when resuming a run).
+    """
+
+    def __init__(self, path, monitor="val_accuracy", mode="max", best=None):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+        self.best = best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        if self.best is None or self.better(float(value), self.best):
+            self.best = float(value)
+            atomic_save(lambda p: self.model.save(p), self.path)
+
+
+class HistoryWriter(keras.callbacks.Callback):
+    """Keeps `history.json` (epoch logs and seconds per epoch) up to date, atomically.
+
+    Entries are keyed by epoch, so an epoch that is run again after a resume
+    replaces its earlier, interrupted record rather than adding a second one.
+    """
+
+    def __init__(self, path, phase="train"):
+        super().__init__()
+        self.path = Path(path)
+        self.phase = phase
+        self.epochs = load_history(self.path)
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {key: float(value) for key, value in (logs or {}).items()}
+        record.update(
+            epoch=epoch + 1, phase=self.phase, seconds=time.perf_counter() - self._started
+        )
+        self.epochs = [e for e in self.epochs if e["epoch"] != epoch + 1] + [record]
+        self.epochs.sort(key=lambda e: e["epoch"])
+        atomic_write_text(self.path, json.dumps(self.epochs, indent=1))
+
+
+def load_history(path) -> list[dict]:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else []

@@ -1,0 +1,315 @@
+"""`alexnet-k3`: train, evaluate, convert, compare and bench from the command line.
+
+The backend (`--backend` or KERAS_BACKEND) must be chosen before Keras is
+imported, so this module parses the arguments first and imports Keras (through
+the package's modules) only afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+BACKENDS = ("torch", "tensorflow", "jax")
+BACKEND_PACKAGES = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, received {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, 1), received {text!r}"
+        ) from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), received {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
+    return value
+
+
+def _jit(text: str):
+    choices = {"on": True, "off": False, "auto": "auto"}
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"expected on, off or auto, received {text!r}")
+    return choices[text]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alexnet-k3",
+        description="One Keras 3 AlexNet on torch, tensorflow or jax: train, evaluate, "
+        "convert torchvision weights, compare runs, benchmark backends.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_backend(sub):
+        sub.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            help="Keras backend for this run (default: KERAS_BACKEND, else Keras's default)",
+        )
+        return sub
+
+    train = with_backend(commands.add_parser("train", help="train, then evaluate on the test set"))
+    train.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
+    train.add_argument(
+        "--data-dir", help="CIFAR-10 folder or tarball (default: ALEXNET_K3_DATA, the Keras cache)"
+    )
+    train.add_argument("--variant", choices=("torchvision", "paper", "cifar"), default="cifar")
+    train.add_argument(
+        "--image-size",
+        type=_positive_int,
+        help="model input side; images are resized on the device (default: the variant's)",
+    )
+    train.add_argument(
+        "--weights", help="'imagenet' or a torchvision .pth / converted .weights.h5 (transfer)"
+    )
+    train.add_argument(
+        "--freeze-epochs",
+        type=_non_negative_int,
+        default=0,
+        help="with --weights: epochs training only the classifier before fine-tuning all",
+    )
+    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
+    train.add_argument(
+        "--lr",
+        "--learning-rate",
+        dest="learning_rate",
+        type=_positive_float,
+        help="peak learning rate of the cosine schedule (default: 0.02 sgd, 1e-3 adam/adamw)",
+    )
+    train.add_argument("--warmup-epochs", type=_non_negative_int, default=1)
+    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--label-smoothing", type=_fraction, default=0.0)
+    train.add_argument(
+        "--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32"
+    )
+    train.add_argument("--validation-split", type=_fraction, default=0.1)
+    train.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="no random pad-crop and flips"
+    )
+    train.add_argument("--jit", type=_jit, default="auto", help="on, off or auto (Keras decides)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", help="run folder (default: runs/DATASET-VARIANT-BACKEND)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out with its saved settings",
+    )
+    train.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="0 silent, 1 progress bar, 2 one line per epoch",
+    )
+
+    evaluate = with_backend(
+        commands.add_parser("evaluate", help="evaluate a saved model.keras on a test set")
+    )
+    evaluate.add_argument("model", help="a model.keras written by `alexnet-k3 train`")
+    evaluate.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256)
+    evaluate.add_argument("--out", help="folder for metrics.json, report.md and plots")
+
+    convert = with_backend(
+        commands.add_parser(
+            "convert",
+            help="torchvision AlexNet weights -> Keras .weights.h5 (no torch needed later)",
+        )
+    )
+    convert.add_argument("--weights", required=True, help="'imagenet' or a torchvision .pth file")
+    convert.add_argument("--out", required=True, help="FILE.weights.h5")
+    convert.add_argument("--num-classes", type=_positive_int, default=1000)
+
+    compare = commands.add_parser("compare", help="markdown table of several runs")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", help="also write the table to this file")
+
+    commands.add_parser(
+        "bench",
+        help="throughput per backend and vs torchvision (see `alexnet-k3 bench --help`)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "backend", None):
+            _select_backend(args.backend)
+        _check_backend_installed()
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        # Errors users cause (bad files, bad settings, missing data) end in one clear line.
+        parser.exit(2, f"alexnet-k3 {args.command}: error: {error}\n")
+
+
+def _select_backend(name: str) -> None:
+    current = os.environ.get("KERAS_BACKEND")
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.config.backend() != name:
+            raise ValueError(
+                f"--backend {name} was asked for, but Keras is already running on "
+                f"{keras.config.backend()!r} in this process. Set KERAS_BACKEND={name} "
+                "before starting Python instead."
+            )
+    elif current and current != name:
+        print(f"--backend {name} overrides KERAS_BACKEND={current}", file=sys.stderr)
+    os.environ["KERAS_BACKEND"] = name
+
+
+def _check_backend_installed() -> None:
+    name = os.environ.get("KERAS_BACKEND")
+    if name in BACKEND_PACKAGES and importlib.util.find_spec(BACKEND_PACKAGES[name]) is None:
+        raise ImportError(
+            f"the {name} backend was chosen but {name} is not installed. "
+            f"Install it with `pip install alexnet-k3[{name}]`, or choose another --backend."
+        )
+
+
+def _train(args) -> int:
+    from alexnet_k3 import backend
+    from alexnet_k3.training import train
+
+    out = args.out or f"runs/{args.dataset}-{args.variant}-{backend.name()}"
+    settings = dict(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        variant=args.variant,
+        image_size=args.image_size,
+        weights=args.weights,
+        freeze_epochs=args.freeze_epochs,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        warmup_epochs=args.warmup_epochs,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        precision=args.precision,
+        validation_split=args.validation_split,
+        augment=args.augment,
+        seed=args.seed,
+        jit_compile=args.jit,
+    )
+    if args.resume:
+        # A resumed run takes its saved settings; only options given explicitly are checked.
+        defaults = vars(build_parser().parse_args(["train"]))
+        settings = {k: v for k, v in settings.items() if v != defaults.get(_arg_name(k), v)}
+    verbose = "auto" if args.verbose is None else args.verbose
+    metrics = train(out, resume=args.resume, verbose=verbose, **settings)
+    print(
+        f"{metrics['backend']}: test accuracy {metrics['test_accuracy']:.4f}, "
+        f"loss {metrics['test_loss']:.4f}, {metrics.get('images_per_second')} images/s "
+        f"-> {out}/report.md"
+    )
+    return 0
+
+
+def _arg_name(setting: str) -> str:
+    return {"jit_compile": "jit"}.get(setting, setting)
+
+
+def _evaluate(args) -> int:
+    from alexnet_k3.evaluation import evaluate
+
+    metrics = evaluate(
+        args.model, args.dataset, data_dir=args.data_dir, batch_size=args.batch_size, out=args.out
+    )
+    trained = metrics.get("trained_on_backend")
+    origin = f" (trained on {trained})" if trained else ""
+    print(
+        f"{metrics['backend']}{origin}: test accuracy {metrics['test_accuracy']:.4f}, "
+        f"loss {metrics['test_loss']:.4f} over {metrics['test_images']} images"
+        + (f" -> {args.out}/report.md" if args.out else "")
+    )
+    return 0
+
+
+def _convert(args) -> int:
+    from alexnet_k3.weights import convert_checkpoint
+
+    path = convert_checkpoint(args.weights, args.out, num_classes=args.num_classes)
+    print(f"wrote {path}")
+    return 0
+
+
+def _compare(args) -> int:
+    from alexnet_k3.report import compare_runs
+
+    table = compare_runs(args.runs)
+    print(table, end="")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table)
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    """Runs benchmarks/runner.py from the source tree (the runner is not part of the wheel)."""
+    candidates = [Path(__file__).resolve().parent.parent, Path.cwd()]
+    for root in candidates:
+        runner = root / "benchmarks" / "runner.py"
+        if runner.is_file():
+            sys.path.insert(0, str(root))
+            from benchmarks.runner import main as bench_main
+
+            return bench_main(argv)
+    print(
+        "alexnet-k3 bench: error: the benchmark runner (benchmarks/runner.py) was not found "
+        f"in {' or '.join(str(c) for c in candidates)}. Run it from a checkout of the "
+        "alexnet_k3 repository.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "convert": _convert, "compare": _compare}

@@ -1,0 +1,143 @@
+"""Evaluation over every test image: accuracy, loss, top-5, per-class accuracy, confusion matrix.
+
+Metrics are computed in numpy (float64) from the model's logits, so every
+backend reports them identically for identical logits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from alexnet_k3 import backend, datasets
+
+
+def load_model(path) -> keras.Model:
+    """Loads a `.keras` model written by this package, on the active backend.
+
+    Registers the package's custom layers first (LRN, adaptive pooling,
+    pad-crop augmentation), so a model trained on one backend loads on another.
+    """
+    import alexnet_k3.layers  # noqa: F401  (registers the custom layers)
+    import alexnet_k3.preprocessing  # noqa: F401
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No model file at {path}. Expected a .keras file written by `alexnet-k3 train` "
+            "(RUN_DIR/model.keras)."
+        )
+    if path.suffix != ".keras":
+        raise ValueError(
+            f"{path} is not a .keras model file (suffix {path.suffix!r}). Give the model.keras "
+            "that `alexnet-k3 train` wrote."
+        )
+    return keras.saving.load_model(path)
+
+
+def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
+    """Evaluates `model` on images `x` (uint8 as the model takes them) and integer labels `y`.
+
+    Returns:
+        A dict with `test_accuracy`, `test_loss` (cross-entropy, no label
+        smoothing), `test_top5_accuracy` (more than 5 classes only),
+        `per_class_accuracy` (class name -> accuracy over all its test images),
+        `confusion_matrix` (rows = true class, columns = predicted), `test_images`
+        and `eval_images_per_second`.
+    """
+    start = time.perf_counter()
+    logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+    seconds = time.perf_counter() - start
+    num_classes = len(class_names)
+    if logits.shape != (len(x), num_classes):
+        raise ValueError(
+            f"The model outputs shape {logits.shape[1:]} per image, but the dataset has "
+            f"{num_classes} classes: evaluate a model trained on this dataset."
+        )
+    y = np.asarray(y, dtype="int64")
+    log_probs = logits - logits.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    predicted = logits.argmax(axis=1)
+    confusion = confusion_matrix(y, predicted, num_classes)
+    support = confusion.sum(axis=1)
+    per_class = np.divide(
+        np.diag(confusion), support, out=np.full(num_classes, np.nan), where=support > 0
+    )
+    metrics = {
+        "test_accuracy": float((predicted == y).mean()),
+        "test_loss": float(-log_probs[np.arange(len(y)), y].mean()),
+        "per_class_accuracy": {
+            name: (None if np.isnan(a) else float(a)) for name, a in zip(class_names, per_class)
+        },
+        "confusion_matrix": confusion.tolist(),
+        "class_names": list(class_names),
+        "test_images": int(len(y)),
+        "eval_images_per_second": round(len(y) / seconds, 1),
+    }
+    if num_classes > 5:
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        metrics["test_top5_accuracy"] = float((top5 == y[:, None]).any(axis=1).mean())
+    return metrics
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    flat = np.asarray(y_true) * num_classes + np.asarray(y_pred)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def evaluate(model, dataset="digits", *, data_dir=None, batch_size=256, out=None) -> dict:
+    """Evaluates a trained model on a dataset's whole test split, on the active backend.
+
+    Args:
+        model: a `keras.Model` or the path of a `.keras` file from `alexnet-k3 train`
+            (trained on any backend).
+        dataset: "digits" or "cifar10".
+        data_dir: where CIFAR-10 lies (see `alexnet_k3.datasets.load_cifar10`).
+        batch_size: images per prediction batch.
+        out: folder for `metrics.json`, `report.md` and the plots; None writes nothing.
+
+    Returns:
+        The metrics dict (see `evaluate_arrays`), with `backend`, `dataset` and `model`.
+
+    Example:
+        >>> metrics = evaluate("runs/digits/model.keras", "digits")
+        >>> sorted(metrics["per_class_accuracy"])[:3]
+        ['0', '1', '2']
+    """
+    source = str(model) if not isinstance(model, keras.Model) else model.name
+    if not isinstance(model, keras.Model):
+        model = load_model(model)
+    data = datasets.load_dataset(dataset, data_dir=data_dir)
+    metrics = evaluate_arrays(model, data.x_test, data.y_test, data.class_names, batch_size)
+    metrics.update(
+        backend=backend.name(),
+        device=backend.device_name(),
+        versions=backend.versions(),
+        dataset=dataset,
+        model=source,
+    )
+    trained = _training_metrics_beside(source)
+    for key in ("variant", "mode", "epochs", "image_size", "weights", "precision"):
+        if key in trained:
+            metrics[key] = trained[key]
+    if trained:
+        metrics["trained_on_backend"] = trained.get("backend")
+    if out is not None:
+        from alexnet_k3 import report
+
+        report.write_run(Path(out), metrics, None, model, data)
+    return metrics
+
+
+def _training_metrics_beside(model_path: str) -> dict:
+    """The training run's metrics.json next to a model file, if there is one."""
+    path = Path(model_path).with_name("metrics.json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

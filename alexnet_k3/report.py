@@ -1,0 +1,204 @@
+"""What a run leaves for people: metrics.json, history.csv, report.md, PNG plots, compare tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from alexnet_k3.callbacks import atomic_write_text
+
+COMPARE_COLUMNS = [
+    ("backend", "backend"),
+    ("trained on", "trained_on_backend"),
+    ("variant", "variant"),
+    ("mode", "mode"),
+    ("epochs", "epochs"),
+    ("test accuracy", "test_accuracy"),
+    ("test loss", "test_loss"),
+    ("train time (s)", "train_seconds"),
+    ("images/s", "images_per_second"),
+]
+
+
+def write_run(out: Path, metrics: dict, history: list[dict] | None, model, data) -> None:
+    """Writes metrics.json, history.csv, report.md and the plots of one train or evaluate run."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    if history:
+        atomic_write_text(out / "history.csv", _history_csv(history))
+    plots = _plot_all(out, metrics, history, model, data)
+    atomic_write_text(out / "report.md", _report_markdown(metrics, history, plots))
+
+
+def _history_csv(history: list[dict]) -> str:
+    keys = ["epoch", "phase"] + sorted({k for e in history for k in e} - {"epoch", "phase"})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def _fmt(value, digits=4):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
+    title = f"# AlexNet on {metrics.get('dataset', '?')}: {metrics.get('variant', 'model')}"
+    lines = [title, ""]
+    lines += ["| setting | value |", "| --- | --- |"]
+    for key in (
+        "backend",
+        "trained_on_backend",
+        "device",
+        "mode",
+        "weights",
+        "variant",
+        "image_size",
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "precision",
+        "model",
+    ):
+        if metrics.get(key) is not None:
+            lines.append(f"| {key} | {metrics[key]} |")
+    lines += ["", "## Overall", "", "| metric | value |", "| --- | --- |"]
+    for key in (
+        "test_accuracy",
+        "test_top5_accuracy",
+        "test_loss",
+        "test_images",
+        "train_seconds",
+        "images_per_second",
+        "images_per_second_after_first_epoch",
+        "eval_images_per_second",
+    ):
+        if key in metrics:
+            lines.append(f"| {key} | {_fmt(metrics[key])} |")
+    lines += ["", "## Per class (all test images)", ""]
+    lines += ["| class | images | correct | accuracy |", "| --- | ---: | ---: | ---: |"]
+    confusion = np.asarray(metrics["confusion_matrix"])
+    for i, name in enumerate(metrics["class_names"]):
+        accuracy = metrics["per_class_accuracy"][name]
+        lines.append(f"| {name} | {confusion[i].sum()} | {confusion[i, i]} | {_fmt(accuracy)} |")
+    if history:
+        lines += ["", "## Training history", ""]
+        keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in history[0]]
+        lines += ["| epoch | phase | " + " | ".join(keys) + " | seconds |"]
+        lines += ["| ---: | --- | " + " | ".join("---:" for _ in keys) + " | ---: |"]
+        for e in history:
+            values = " | ".join(_fmt(e.get(k)) for k in keys)
+            lines.append(f"| {e['epoch']} | {e['phase']} | {values} | {_fmt(e['seconds'], 1)} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_all(out: Path, metrics: dict, history, model, data) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
+    names = metrics["class_names"]
+    if history:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        epochs = [e["epoch"] for e in history]
+        for ax, key in zip(axes, ("accuracy", "loss")):
+            for prefix, label in (("", "train"), ("val_", "validation")):
+                if prefix + key in history[0]:
+                    ax.plot(epochs, [e[prefix + key] for e in history], marker="o", label=label)
+            ax.set_xlabel("epoch")
+            ax.set_title(key)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        save(fig, "curves.png")
+
+    confusion = np.asarray(metrics["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            color = "white" if confusion[i, j] > confusion.max() / 2 else "black"
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax)
+    ax.set_title(f"Confusion matrix (accuracy {metrics['test_accuracy']:.4f})")
+    save(fig, "confusion_matrix.png")
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    values = [metrics["per_class_accuracy"][n] or 0.0 for n in names]
+    ax.bar(names, values, color="tab:blue")
+    ax.axhline(metrics["test_accuracy"], color="tab:red", linestyle="--", label="overall")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Per-class accuracy (all test images)")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend()
+    save(fig, "per_class_accuracy.png")
+
+    count = min(25, len(data.x_test))
+    images = data.x_test[:count]
+    predicted = np.asarray(model.predict(images, verbose=0)).argmax(axis=1)
+    columns = 5
+    fig, axes = plt.subplots(
+        math.ceil(count / columns), columns, figsize=(2 * columns, 2.2 * math.ceil(count / columns))
+    )
+    for ax, image, true, guess in zip(np.ravel(axes), images, data.y_test[:count], predicted):
+        ax.imshow(image)
+        ok = guess == true
+        ax.set_title(f"{names[guess]} / {names[true]}", color="green" if ok else "red", fontsize=8)
+        ax.axis("off")
+    for ax in np.ravel(axes)[count:]:
+        ax.axis("off")
+    fig.suptitle("predicted / true")
+    save(fig, "samples.png")
+    return written
+
+
+def compare_runs(run_dirs) -> str:
+    """The markdown table of several runs' metrics.json (train or evaluate folders).
+
+    Example:
+        >>> print(compare_runs(["runs/torch", "runs/jax"]))  # doctest: +SKIP
+    """
+    rows = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{run_dir} has no metrics.json: give folders written by `alexnet-k3 train` "
+                "or `alexnet-k3 evaluate --out`."
+            )
+        try:
+            rows.append((str(run_dir), json.loads(path.read_text())))
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}).") from None
+    header = "| run | " + " | ".join(title for title, _ in COMPARE_COLUMNS) + " |"
+    lines = [header, "|" + " --- |" * (len(COMPARE_COLUMNS) + 1)]
+    for run_dir, metrics in rows:
+        cells = [_fmt(metrics.get(key)) for _, key in COMPARE_COLUMNS]
+        lines.append(f"| {run_dir} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

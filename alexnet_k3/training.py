@@ -1,0 +1,359 @@
+"""Training: build the classifier, compile, `fit` with resumable callbacks, evaluate, report.
+
+One function, `train`, runs the whole study for one backend: the same code on
+torch, tensorflow and jax. Everything it writes goes to `out`:
+`config.json`, `history.json`/`history.csv`, `model.keras` (the best epoch by
+validation accuracy), `metrics.json`, `report.md` and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from alexnet_k3 import backend, datasets
+from alexnet_k3.callbacks import (
+    AtomicBackupAndRestore,
+    BestModelCheckpoint,
+    HistoryWriter,
+    atomic_save,
+    atomic_write_text,
+    load_history,
+)
+from alexnet_k3.model import VARIANTS, AlexNet
+from alexnet_k3.preprocessing import input_pipeline
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
+# Mirrored digits are other symbols; mirrored photos are still the same class.
+FLIP_AUGMENTATION = {"cifar10": True, "digits": False}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; saved as `config.json` so `resume` can rebuild it exactly."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    variant: str = "cifar"
+    image_size: int | None = None
+    weights: str | None = None
+    freeze_epochs: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    learning_rate: float | None = None
+    warmup_epochs: int = 1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    precision: str = "float32"
+    validation_split: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    jit_compile: bool | str = "auto"
+
+    def validate(self) -> None:
+        def bad(name, expected):
+            value = getattr(self, name)
+            raise ValueError(f"`{name}` must be {expected}, received {name}={value!r}.")
+
+        if self.dataset not in datasets.DATASETS:
+            bad("dataset", f"one of {datasets.DATASETS}")
+        if self.variant not in VARIANTS:
+            bad("variant", f"one of {sorted(VARIANTS)}")
+        if self.image_size is not None and (
+            not isinstance(self.image_size, int) or self.image_size < 1
+        ):
+            bad("image_size", "a positive integer or None (the variant's native size)")
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "a positive integer")
+        if not isinstance(self.freeze_epochs, int) or not 0 <= self.freeze_epochs <= self.epochs:
+            bad("freeze_epochs", f"an integer from 0 to epochs={self.epochs}")
+        if self.freeze_epochs and self.weights is None:
+            bad("freeze_epochs", "0 without pretrained `weights` (there is nothing to freeze)")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"one of {OPTIMIZERS}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            bad("learning_rate", "a positive number")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            bad("warmup_epochs", "a non-negative integer")
+        if not self.weight_decay >= 0:
+            bad("weight_decay", "a non-negative number")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", "in [0, 1)")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"one of {PRECISIONS}")
+        if not 0 <= self.validation_split < 1:
+            bad("validation_split", "in [0, 1)")
+        if self.jit_compile not in (True, False, "auto"):
+            bad("jit_compile", "True, False or 'auto'")
+
+    @property
+    def mode(self) -> str:
+        return "transfer" if self.weights else "scratch"
+
+
+def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dict:
+    """Trains AlexNet, keeps the best epoch, evaluates it on the test set and writes a report.
+
+    Args:
+        out: folder for everything the run writes (created if needed).
+        resume: continue the run in `out` with its saved `config.json`; epochs
+            already completed are not run again (a run killed at any moment,
+            even mid-epoch, completes the same total number of epochs).
+        verbose: Keras's `fit` verbosity ("auto", 0, 1 progress bar, 2 one line per epoch).
+        **settings: any field of `TrainConfig`: `dataset` ("digits" or "cifar10"),
+            `data_dir`, `variant`, `image_size` (the model's input side; images
+            are resized on the device), `weights` ("imagenet" or a checkpoint path:
+            transfer learning), `freeze_epochs` (epochs training only the
+            classifier before fine-tuning everything), `epochs`, `batch_size`,
+            `optimizer` ("sgd" with momentum 0.9, "adam", "adamw"),
+            `learning_rate` (peak of a cosine schedule after `warmup_epochs` of
+            linear warm-up), `weight_decay` (decoupled, not on biases and
+            normalization), `label_smoothing`, `precision`, `validation_split`,
+            `augment` (random pad-crop and horizontal flip), `seed`, `jit_compile`.
+
+    Returns:
+        The metrics dict also written to `out/metrics.json`.
+
+    Example:
+        >>> metrics = train("runs/digits", dataset="digits", variant="cifar", epochs=8)
+        >>> metrics["test_accuracy"] > 0.9
+        True
+    """
+    out = Path(out)
+    config = _prepare_run(out, resume, settings)
+    if resume and (out / "metrics.json").exists():
+        print(f"{out} already holds a finished run; nothing to resume.")
+        return json.loads((out / "metrics.json").read_text())
+
+    previous_policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(config.precision)
+    try:
+        return _run(out, config, verbose)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+
+
+def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
+    config_path = out / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise FileNotFoundError(
+                f"Cannot resume: {config_path} does not exist. Start the run without "
+                "`resume` first, or point `out` at the folder of an interrupted run."
+            )
+        saved = json.loads(config_path.read_text())
+        config = TrainConfig(**saved)
+        changed = {k: v for k, v in settings.items() if saved.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"Cannot resume {out} with different settings {changed}: a resumed run uses "
+                f"its saved settings {saved}. Leave those options out, or start a new run "
+                "in another folder."
+            )
+        return config
+    unknown = set(settings) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(
+            f"train() got unknown settings {sorted(unknown)}; "
+            f"expected some of {sorted(TrainConfig.__dataclass_fields__)}."
+        )
+    config = TrainConfig(**settings)
+    config.validate()
+    if config_path.exists():
+        raise FileExistsError(
+            f"{out} already holds a run ({config_path}). Resume it with `resume=True` "
+            "(`--resume`), or choose another output folder."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_path, json.dumps(asdict(config), indent=1))
+    return config
+
+
+def build_classifier(
+    num_classes: int,
+    *,
+    variant: str = "cifar",
+    image_size: int | None = None,
+    weights: str | None = None,
+    augment: bool = True,
+    flip: bool = True,
+    raw_shape=(32, 32, 3),
+) -> keras.Model:
+    """AlexNet behind the on-device input pipeline: takes raw uint8 `(N, 32, 32, 3)` images.
+
+    The saved model therefore needs no preprocessing code outside it, on any backend.
+    """
+    size = image_size or VARIANTS[variant].default_size
+    channels_first = keras.config.image_data_format() == "channels_first"
+    net = AlexNet(
+        num_classes,
+        variant=variant,
+        weights=weights,
+        input_shape=(3, size, size) if channels_first else (size, size, 3),
+        name="alexnet",
+    )
+    inputs = keras.Input(raw_shape, dtype="uint8", name="images")
+    x = input_pipeline(size, augment=augment, flip=flip)(inputs)
+    return keras.Model(inputs, net(x), name=f"alexnet_k3_{variant}")
+
+
+def _run(out: Path, config: TrainConfig, verbose) -> dict:
+    keras.utils.set_random_seed(config.seed)
+    data = datasets.load_dataset(config.dataset, data_dir=config.data_dir)
+    num_classes = len(data.class_names)
+    (x_train, y_train), validation = _split(data.x_train, data.y_train, config)
+
+    model = build_classifier(
+        num_classes,
+        variant=config.variant,
+        image_size=config.image_size,
+        weights=config.weights,
+        augment=config.augment,
+        flip=FLIP_AUGMENTATION[config.dataset],
+        raw_shape=data.x_train.shape[1:],
+    )
+    phases = [("train", config.epochs)]
+    if config.freeze_epochs:
+        phases = [("head", config.freeze_epochs), ("finetune", config.epochs)]
+
+    history_path = out / "history.json"
+    best_path = out / "model.keras"
+    best_so_far = max(
+        (e["val_accuracy"] for e in load_history(history_path) if "val_accuracy" in e),
+        default=None,
+    )
+    state_dir = out / "state"
+    start_epoch = 0
+    for phase, end_epoch in phases:
+        done_marker = state_dir / f"{phase}.weights.h5"
+        if done_marker.exists():
+            model.load_weights(done_marker)
+            start_epoch = end_epoch
+            continue
+        _set_features_trainable(model, phase != "head")
+        _compile(model, config, num_classes, len(x_train), end_epoch - start_epoch)
+        callbacks = [
+            AtomicBackupAndRestore(state_dir / f"backup-{phase}"),
+            HistoryWriter(history_path, phase=phase),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+        if validation is not None:
+            checkpoint = BestModelCheckpoint(best_path, "val_accuracy", "max", best=best_so_far)
+            callbacks.append(checkpoint)
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=config.batch_size,
+            epochs=end_epoch,
+            initial_epoch=start_epoch,
+            validation_data=validation,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        if validation is not None:
+            best_so_far = checkpoint.best
+        state_dir.mkdir(exist_ok=True)
+        atomic_save(lambda p: model.save_weights(p), done_marker)
+        start_epoch = end_epoch
+
+    if validation is None:
+        atomic_save(lambda p: model.save(p), best_path)
+    from alexnet_k3.evaluation import evaluate_arrays, load_model
+
+    best = load_model(best_path)
+    metrics = evaluate_arrays(best, data.x_test, data.y_test, data.class_names, config.batch_size)
+    history = load_history(history_path)
+    metrics.update(_run_summary(config, data, len(x_train), history))
+    from alexnet_k3 import report
+
+    report.write_run(out, metrics, history, best, data)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return metrics
+
+
+def _split(x, y, config: TrainConfig):
+    """Holds out the last `validation_split` of a seeded shuffle, one-hot encoding the labels."""
+    num_classes = int(y.max()) + 1
+    order = np.random.default_rng(config.seed).permutation(len(x))
+    n_val = int(round(len(x) * config.validation_split))
+    train_idx, val_idx = order[: len(x) - n_val], order[len(x) - n_val :]
+    onehot = np.eye(num_classes, dtype="float32")
+    train = (x[train_idx], onehot[y[train_idx]])
+    validation = (x[val_idx], onehot[y[val_idx]]) if n_val else None
+    return train, validation
+
+
+def _set_features_trainable(model: keras.Model, trainable: bool) -> None:
+    net = model.get_layer("alexnet")
+    for layer in net.layers:
+        if layer.name.startswith("conv") and layer.weights:
+            layer.trainable = trainable
+
+
+def _compile(model, config: TrainConfig, num_classes: int, n_train: int, epochs: int) -> None:
+    steps_per_epoch = -(-n_train // config.batch_size)
+    peak = config.learning_rate or DEFAULT_LEARNING_RATES[config.optimizer]
+    warmup_steps = min(config.warmup_epochs, epochs) * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else peak,
+        decay_steps=max(epochs * steps_per_epoch - warmup_steps, 1),
+        warmup_target=peak if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            schedule, momentum=0.9, weight_decay=config.weight_decay or None
+        )
+    elif config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(schedule, weight_decay=config.weight_decay or None)
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    # Decay the weights of convolutions and dense layers only, as torchvision's recipes do.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if num_classes > 5:
+        metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"))
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=config.label_smoothing
+        ),
+        metrics=metrics,
+        jit_compile=config.jit_compile,
+    )
+
+
+def _run_summary(config: TrainConfig, data, n_train: int, history: list[dict]) -> dict:
+    seconds = sum(e["seconds"] for e in history)
+    # The first epoch includes tracing/compilation; the steady figure leaves it out.
+    steady = history[1:] if len(history) > 1 else history
+    steady_seconds = sum(e["seconds"] for e in steady)
+    return {
+        "backend": backend.name(),
+        "device": backend.device_name(),
+        "versions": backend.versions(),
+        "dataset": config.dataset,
+        "variant": config.variant,
+        "image_size": config.image_size or VARIANTS[config.variant].default_size,
+        "mode": config.mode,
+        "weights": config.weights,
+        "epochs": len(history),
+        "batch_size": config.batch_size,
+        "optimizer": config.optimizer,
+        "precision": config.precision,
+        "train_images": n_train,
+        "train_seconds": round(seconds, 3),
+        "images_per_second": round(n_train * len(history) / seconds, 1) if seconds else None,
+        "images_per_second_after_first_epoch": (
+            round(n_train * len(steady) / steady_seconds, 1) if steady_seconds else None
+        ),
+    }

@@ -1,0 +1,85 @@
+"""nox sessions: tests, lint, train, demo and benchmarks, per Keras backend.
+
+`nox -s tests` runs the test suite once per backend, each in its own process
+with KERAS_BACKEND set, as Keras's own CI does.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+# virtualenv + pip: pip picks up locally cached torch wheels; uv would download
+# several GB of CUDA torch instead.
+nox.options.default_venv_backend = "virtualenv"
+nox.options.sessions = ["lint", "tests"]
+
+BACKENDS = ["torch", "jax", "tensorflow"]
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """Run the test suite on one Keras backend (all three are installed for cross-backend tests)."""
+    session.install(".[all,test]")
+    session.run("pytest", *(session.posargs or ["-q"]), env={"KERAS_BACKEND": backend})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and common bugs with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", "alexnet_k3", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def train(session: nox.Session, backend: str) -> None:
+    """Train + evaluate with `alexnet-k3 train` on one backend; arguments after -- go to it."""
+    session.install(f".[{backend}]")
+    args = session.posargs or ["--dataset", "digits", "--variant", "cifar", "--epochs", "5"]
+    session.run("alexnet-k3", "train", *args, env={"KERAS_BACKEND": backend})
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Offline main job: digits on every backend, cross-backend evaluation, compare table."""
+    session.install(".[all]")
+    out = session.posargs[0] if session.posargs else "runs/demo"
+    runs = []
+    for backend in BACKENDS:
+        run_dir = f"{out}/{backend}"
+        session.run(
+            "alexnet-k3",
+            "train",
+            "--backend",
+            backend,
+            "--dataset",
+            "digits",
+            "--variant",
+            "cifar",
+            "--epochs",
+            "8",
+            "--batch-size",
+            "64",
+            "--seed",
+            "0",
+            "--out",
+            run_dir,
+        )
+        runs.append(run_dir)
+    # Portability: each backend's saved model, evaluated under the next backend.
+    for index, backend in enumerate(BACKENDS):
+        other = BACKENDS[(index + 1) % len(BACKENDS)]
+        session.run(
+            "alexnet-k3",
+            "evaluate",
+            f"{out}/{backend}/model.keras",
+            "--backend",
+            other,
+            "--dataset",
+            "digits",
+            "--out",
+            f"{out}/{backend}-evaluated-on-{other}",
+        )
+    session.run("alexnet-k3", "compare", *runs, "--out", f"{out}/compare.md")
