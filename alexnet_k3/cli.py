@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--out", help="also write the table to this file")
 
+    with_backend(commands.add_parser("info", help="backend, device and versions in use"))
+
     commands.add_parser(
         "bench",
         help="throughput per backend and vs torchvision (see `alexnet-k3 bench --help`)",
@@ -312,4 +314,15 @@ def _bench(argv: list[str]) -> int:
     return 2
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "convert": _convert, "compare": _compare}
+def _info(args) -> int:
+    from alexnet_k3 import backend
+
+    print(f"backend: {backend.name()}")
+    print(f"device: {backend.device_name()} ({backend.accelerator()})")
+    for package, version in backend.versions().items():
+        print(f"{package}: {version}")
+    return 0
+
+
+COMMANDS = {
+    "info": _info,"train": _train, "evaluate": _evaluate, "convert": _convert, "compare": _compare}

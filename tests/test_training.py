@@ -1,0 +1,174 @@
+"""Training end to end on this process's backend: learning, outputs, resume, bad settings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from cifar_files import write_cifar10
+
+from alexnet_k3.callbacks import atomic_save
+from alexnet_k3.training import train
+
+BACKEND = keras.config.backend()
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One real training run on the digits, shared by the tests that read its outputs."""
+    out = tmp_path_factory.mktemp("digits") / "run"
+    metrics = train(
+        out, dataset="digits", variant="cifar", epochs=6, batch_size=64, seed=0, verbose=0
+    )
+    return out, metrics
+
+
+@pytest.mark.slow
+def test_training_on_the_digits_learns(digits_run):
+    _, metrics = digits_run
+    assert metrics["test_accuracy"] >= 0.90, metrics["test_accuracy"]
+    assert metrics["backend"] == BACKEND
+    assert metrics["mode"] == "scratch" and metrics["epochs"] == 6
+
+
+@pytest.mark.slow
+def test_run_folder_holds_every_output(digits_run):
+    out, metrics = digits_run
+    for name in (
+        "model.keras", "history.json", "history.csv", "metrics.json", "report.md",
+        "curves.png", "confusion_matrix.png", "per_class_accuracy.png", "samples.png",
+    ):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "backend", "dataset", "variant", "mode", "epochs", "test_accuracy", "test_loss",
+        "per_class_accuracy", "confusion_matrix", "train_seconds", "images_per_second",
+    ):
+        assert key in saved, key
+    assert len((out / "history.csv").read_text().strip().splitlines()) == 1 + 6
+    report = (out / "report.md").read_text()
+    assert "## Per class (all test images)" in report
+    assert all(f"\n| {name} | " in report for name in metrics["class_names"])
+    assert not (out / "state").exists()  # backups are removed once the run is complete
+
+
+@pytest.mark.slow
+def test_per_class_accuracy_agrees_with_the_confusion_matrix(digits_run):
+    _, metrics = digits_run
+    confusion = np.asarray(metrics["confusion_matrix"])
+    assert confusion.sum() == metrics["test_images"] == 360  # every test image, not a sample
+    for i, name in enumerate(metrics["class_names"]):
+        assert metrics["per_class_accuracy"][name] == pytest.approx(
+            confusion[i, i] / confusion[i].sum()
+        )
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(metrics["test_accuracy"])
+
+
+@pytest.mark.slow
+def test_saved_model_evaluates_identically_in_a_new_process(digits_run, tmp_path):
+    out, metrics = digits_run
+    other = {"torch": "jax", "jax": "tensorflow", "tensorflow": "torch"}[BACKEND]
+    result = _cli(
+        ["evaluate", str(out / "model.keras"), "--dataset", "digits", "--out", str(tmp_path)],
+        backend=other,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    assert evaluated["backend"] == other
+    assert evaluated["trained_on_backend"] == BACKEND
+    assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1 / 360)
+    # Float rounding differs between backends; at most a near-tie may flip.
+    flips = np.abs(np.subtract(evaluated["confusion_matrix"], metrics["confusion_matrix"])).sum()
+    assert flips <= 2
+
+
+def _cli(args, backend=BACKEND, **kwargs):
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet_k3", *args], env=env, capture_output=True, text=True,
+        timeout=600, **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_to_the_same_number_of_epochs(tmp_path):
+    data = write_cifar10(tmp_path / "data", n_train=400, n_test=50)
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "alexnet_k3", "train", "--dataset", "cifar10", "--data-dir",
+        str(data), "--epochs", "3", "--batch-size", "16", "--verbose", "2", "--out", str(out),
+    ]
+    env = {**os.environ, "KERAS_BACKEND": BACKEND}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pointer = out / "state" / "backup-train" / "latest.json"
+    deadline = time.time() + 300
+    while not pointer.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert pointer.exists(), process.communicate()[0].decode()[-3000:]
+    process.send_signal(signal.SIGKILL)  # no chance to clean up, as with a power cut
+    process.wait()
+    assert not (out / "metrics.json").exists()
+    completed = json.loads(pointer.read_text())["epoch"]
+    assert 1 <= completed < 3
+
+    resumed = subprocess.run(
+        [*command[:4], "--out", str(out), "--resume", "--verbose", "2"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # Keras announces the first epoch it runs: the resumed run starts after the backup.
+    assert f"Epoch {completed + 1}/3" in resumed.stdout
+    assert "Epoch 1/3" not in resumed.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "model.weights.h5"
+    target.write_bytes(b"complete old checkpoint")
+
+    def crash_mid_write(path):
+        Path(path).write_bytes(b"half a checkp")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save(crash_mid_write, target)
+    assert target.read_bytes() == b"complete old checkpoint"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(epochs=0), "epochs=0"),
+        (dict(dataset="mnist"), "dataset='mnist'"),
+        (dict(variant="vgg"), "variant='vgg'"),
+        (dict(optimizer="rmsprop"), "optimizer='rmsprop'"),
+        (dict(precision="float8"), "precision='float8'"),
+        (dict(validation_split=1.0), "validation_split=1.0"),
+        (dict(label_smoothing=-0.1), "label_smoothing=-0.1"),
+        (dict(freeze_epochs=2), "freeze_epochs=2"),
+        (dict(batch_size=0), "batch_size=0"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        train(tmp_path / "run", **settings)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_needs_a_run_and_a_new_run_needs_a_free_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        train(tmp_path / "nothing", resume=True)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text(json.dumps({"dataset": "digits"}))
+    with pytest.raises(FileExistsError, match="resume"):
+        train(tmp_path / "taken", dataset="digits")
+    with pytest.raises(ValueError, match="different settings"):
+        train(tmp_path / "taken", resume=True, dataset="cifar10")
