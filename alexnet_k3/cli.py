@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-augment", dest="augment", action="store_false", help="no random pad-crop and flips"
     )
     train.add_argument("--jit", type=_jit, default="auto", help="on, off or auto (Keras decides)")
+    train.add_argument(
+        "--data-parallel", action="store_true",
+        help="split each batch across local devices (jax: keras.distribution.DataParallel, "
+        "tensorflow: tf.distribute.MirroredStrategy)",
+    )
+    train.add_argument(
+        "--devices", type=_positive_int, help="with --data-parallel: how many (default: all)"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", help="run folder (default: runs/DATASET-VARIANT-BACKEND)")
     train.add_argument(
@@ -241,6 +249,8 @@ def _train(args) -> int:
         augment=args.augment,
         seed=args.seed,
         jit_compile=args.jit,
+        data_parallel=args.data_parallel,
+        devices=args.devices,
     )
     if args.resume:
         # A resumed run takes its saved settings; only options given explicitly are checked.

@@ -77,38 +77,35 @@ def input_pipeline(
 class RandomPadCrop(keras.layers.Layer):
     """Pads by `padding` zero pixels and crops back at a random offset, per image.
 
-    Training only; at inference it returns its input. A random whole-pixel shift
-    with zero fill is exactly "pad, then crop at a random offset", so this is a
-    `RandomTranslation` with nearest interpolation, its factor set from the image
-    size once that is known.
+    Training only; at inference it returns its input. Each image is shifted by
+    whole pixels, `dy, dx` uniform in `[-padding, padding]`, with zero fill: the
+    same as padding then cropping. The shift is two one-hot shift matrices
+    contracted with the image (`einsum`), which is exact, runs as a matmul on
+    every backend and, unlike `keras.layers.RandomTranslation`'s gather-based
+    affine transform, does not hang jax's data-parallel CPU collectives.
+    Input: `(N, H, W, C)` (channels last).
     """
 
     def __init__(self, padding=4, seed=None, **kwargs):
         super().__init__(**kwargs)
+        if int(padding) != padding or padding < 0:
+            raise ValueError(
+                f"`padding` must be a non-negative integer, received padding={padding!r}."
+            )
         self.padding = int(padding)
         self.seed = seed
-        self._translation = None
-
-    def build(self, input_shape):
-        height, width = input_shape[1], input_shape[2]
-        if height is None or width is None:
-            raise ValueError(
-                f"RandomPadCrop needs a known image size, received input_shape={input_shape}."
-            )
-        self._translation = keras.layers.RandomTranslation(
-            self.padding / height,
-            self.padding / width,
-            fill_mode="constant",
-            fill_value=0.0,
-            interpolation="nearest",
-            seed=self.seed,
-            data_format="channels_last",
-            name="translation",
-        )
-        self._translation.build(input_shape)
+        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=None):
-        return self._translation(inputs, training=training)
+        if not training or self.padding == 0:
+            return inputs
+        batch, height, width = ops.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
+        shifts = keras.random.randint(
+            (2, batch), -self.padding, self.padding + 1, seed=self.seed_generator
+        )
+        rows = _shift_matrices(shifts[0], height, inputs.dtype)
+        cols = _shift_matrices(shifts[1], width, inputs.dtype)
+        return ops.einsum("bij,bjkc,blk->bilc", rows, inputs, cols)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -117,6 +114,13 @@ class RandomPadCrop(keras.layers.Layer):
         config = super().get_config()
         config.update(padding=self.padding, seed=self.seed)
         return config
+
+
+def _shift_matrices(shift, size, dtype):
+    """(N, size, size) one-hot matrices: row i picks input index i - shift (zero outside)."""
+    index = ops.arange(size)
+    source = index[None, :, None] - ops.cast(shift, "int32")[:, None, None]
+    return ops.cast(ops.equal(source, index[None, None, :]), dtype)
 
 
 def imagenet_preprocess(

@@ -8,6 +8,7 @@ validation accuracy), `metrics.json`, `report.md` and the PNG plots.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -57,6 +58,8 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     jit_compile: bool | str = "auto"
+    data_parallel: bool = False
+    devices: int | None = None
 
     def validate(self) -> None:
         def bad(name, expected):
@@ -94,6 +97,10 @@ class TrainConfig:
             bad("validation_split", "in [0, 1)")
         if self.jit_compile not in (True, False, "auto"):
             bad("jit_compile", "True, False or 'auto'")
+        if self.devices is not None and (not isinstance(self.devices, int) or self.devices < 1):
+            bad("devices", "a positive integer or None (all local devices)")
+        if self.devices is not None and not self.data_parallel:
+            bad("devices", "None unless data_parallel=True")
 
     @property
     def mode(self) -> str:
@@ -118,7 +125,9 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             `learning_rate` (peak of a cosine schedule after `warmup_epochs` of
             linear warm-up), `weight_decay` (decoupled, not on biases and
             normalization), `label_smoothing`, `precision`, `validation_split`,
-            `augment` (random pad-crop and horizontal flip), `seed`, `jit_compile`.
+            `augment` (random pad-crop and horizontal flip), `seed`, `jit_compile`,
+            `data_parallel` (split each batch across `devices` local devices, all
+            by default: jax and tensorflow backends; see `backend.DataParallel`).
 
     Returns:
         The metrics dict also written to `out/metrics.json`.
@@ -168,6 +177,7 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
         )
     config = TrainConfig(**settings)
     config.validate()
+    _data_parallel(config)  # refuse an impossible device setup before writing anything
     if config_path.exists():
         raise FileExistsError(
             f"{out} already holds a run ({config_path}). Resume it with `resume=True` "
@@ -176,6 +186,19 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config_path, json.dumps(asdict(config), indent=1))
     return config
+
+
+def _data_parallel(config: TrainConfig):
+    """The `backend.DataParallel` this run asks for (None for one device), checked."""
+    if not config.data_parallel:
+        return None
+    parallel = backend.DataParallel(config.devices)
+    if config.batch_size % parallel.num_replicas:
+        raise ValueError(
+            f"batch_size={config.batch_size} does not split evenly over "
+            f"{parallel.num_replicas} devices: use a multiple of {parallel.num_replicas}."
+        )
+    return parallel
 
 
 def build_classifier(
@@ -209,24 +232,51 @@ def build_classifier(
 def _run(out: Path, config: TrainConfig, verbose) -> dict:
     keras.utils.set_random_seed(config.seed)
     data = datasets.load_dataset(config.dataset, data_dir=config.data_dir)
-    num_classes = len(data.class_names)
-    (x_train, y_train), validation = _split(data.x_train, data.y_train, config)
-
-    model = build_classifier(
-        num_classes,
-        variant=config.variant,
-        image_size=config.image_size,
-        weights=config.weights,
-        augment=config.augment,
-        flip=FLIP_AUGMENTATION[config.dataset],
-        raw_shape=data.x_train.shape[1:],
-    )
-    phases = [("train", config.epochs)]
-    if config.freeze_epochs:
-        phases = [("head", config.freeze_epochs), ("finetune", config.epochs)]
+    parallel = _data_parallel(config)
+    replicas = parallel.num_replicas if parallel else 1
+    (x_train, y_train), validation = _split(data.x_train, data.y_train, config, replicas)
 
     history_path = out / "history.json"
     best_path = out / "model.keras"
+    with parallel.scope() if parallel else contextlib.nullcontext():
+        model = build_classifier(
+            len(data.class_names),
+            variant=config.variant,
+            image_size=config.image_size,
+            weights=config.weights,
+            augment=config.augment,
+            flip=FLIP_AUGMENTATION[config.dataset],
+            raw_shape=data.x_train.shape[1:],
+        )
+        _fit_phases(model, config, out, (x_train, y_train), validation, verbose)
+        holding = backend.replicas_holding(model)
+        if validation is None:
+            atomic_save(lambda p: model.save(p), best_path)
+
+    # The best epoch, reloaded outside any distribution: evaluation runs on one device.
+    from alexnet_k3.evaluation import evaluate_arrays, load_model
+
+    best = load_model(best_path)
+    metrics = evaluate_arrays(best, data.x_test, data.y_test, data.class_names, config.batch_size)
+    history = load_history(history_path)
+    metrics.update(_run_summary(config, data, len(x_train), history))
+    metrics.update(devices=replicas, replicas_holding_weights=holding)
+    from alexnet_k3 import report
+
+    report.write_run(out, metrics, history, best, data)
+    shutil.rmtree(out / "state", ignore_errors=True)
+    return metrics
+
+
+def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, verbose) -> None:
+    """Runs `fit` once, or twice with transfer learning's frozen-features phase first.
+
+    Each phase finished leaves its weights in `state/`, so a resumed run skips it.
+    """
+    phases = [("train", config.epochs)]
+    if config.freeze_epochs:
+        phases = [("head", config.freeze_epochs), ("finetune", config.epochs)]
+    history_path = out / "history.json"
     best_so_far = max(
         (e["val_accuracy"] for e in load_history(history_path) if "val_accuracy" in e),
         default=None,
@@ -240,18 +290,20 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
             start_epoch = end_epoch
             continue
         _set_features_trainable(model, phase != "head")
-        _compile(model, config, num_classes, len(x_train), end_epoch - start_epoch)
+        num_classes = train_data[1].shape[1]
+        _compile(model, config, num_classes, len(train_data[0]), end_epoch - start_epoch)
         callbacks = [
             AtomicBackupAndRestore(state_dir / f"backup-{phase}"),
             HistoryWriter(history_path, phase=phase),
             keras.callbacks.TerminateOnNaN(),
         ]
         if validation is not None:
-            checkpoint = BestModelCheckpoint(best_path, "val_accuracy", "max", best=best_so_far)
+            checkpoint = BestModelCheckpoint(
+                out / "model.keras", "val_accuracy", "max", best=best_so_far
+            )
             callbacks.append(checkpoint)
         model.fit(
-            x_train,
-            y_train,
+            *train_data,
             batch_size=config.batch_size,
             epochs=end_epoch,
             initial_epoch=start_epoch,
@@ -265,27 +317,21 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
         atomic_save(lambda p: model.save_weights(p), done_marker)
         start_epoch = end_epoch
 
-    if validation is None:
-        atomic_save(lambda p: model.save(p), best_path)
-    from alexnet_k3.evaluation import evaluate_arrays, load_model
 
-    best = load_model(best_path)
-    metrics = evaluate_arrays(best, data.x_test, data.y_test, data.class_names, config.batch_size)
-    history = load_history(history_path)
-    metrics.update(_run_summary(config, data, len(x_train), history))
-    from alexnet_k3 import report
+def _split(x, y, config: TrainConfig, replicas: int = 1):
+    """Holds out the last `validation_split` of a seeded shuffle, one-hot encoding the labels.
 
-    report.write_run(out, metrics, history, best, data)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    return metrics
-
-
-def _split(x, y, config: TrainConfig):
-    """Holds out the last `validation_split` of a seeded shuffle, one-hot encoding the labels."""
+    With several replicas both parts are trimmed to a multiple of their number
+    (at most `replicas - 1` images each), so every batch, the last one included,
+    splits evenly across the devices.
+    """
     num_classes = int(y.max()) + 1
     order = np.random.default_rng(config.seed).permutation(len(x))
     n_val = int(round(len(x) * config.validation_split))
-    train_idx, val_idx = order[: len(x) - n_val], order[len(x) - n_val :]
+    n_val -= n_val % replicas
+    n_train = len(x) - n_val
+    n_train -= n_train % replicas
+    train_idx, val_idx = order[:n_train], order[len(x) - n_val :]
     onehot = np.eye(num_classes, dtype="float32")
     train = (x[train_idx], onehot[y[train_idx]])
     validation = (x[val_idx], onehot[y[val_idx]]) if n_val else None
