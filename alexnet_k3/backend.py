@@ -78,7 +78,8 @@ def device_name() -> str:
             return jax.devices()[0].device_kind
         import tensorflow as tf
 
-        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        gpu = tf.config.list_physical_devices("GPU")[0]
+        details = tf.config.experimental.get_device_details(gpu)
         return details.get("device_name", "GPU")
     return _cpu_name()
 
@@ -146,3 +147,190 @@ def peak_memory_bytes() -> int | None:
     import tensorflow as tf
 
     return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+
+
+# --- Speed defaults and failure classification, shared by training and the benchmarks. ---
+# benchmarks/README.md holds the measurements behind each choice.
+
+
+def recommended_compile_kwargs() -> dict:
+    """`model.compile` keyword arguments that train AlexNet fastest on the active backend.
+
+    Measured with `alexnet-k3 bench` (benchmarks/README.md), training, batch 16,
+    224x224, float32 on a shared 2-core Xeon, each pair interleaved in one process:
+
+    - jax: XLA (`jit_compile=True`); without it jax runs op by op.
+    - tensorflow: XLA on a GPU, not on a CPU. On the CPU, TensorFlow's own
+      oneDNN kernels beat XLA's: 906 ms vs 1399 ms a step (1.54x). This is also
+      Keras's own "auto" rule; on GPUs XLA fuses the elementwise work.
+    - torch: eager (`jit_compile=False`). Keras's `torch.compile` of the train
+      step recompiles the shared `Layer.forward` per layer type, hits dynamo's
+      recompile limit (8) and falls back to eager: 0.80x torchvision-eager vs
+      0.84x eager, after 53-75 s of compilation.
+
+    Example:
+        >>> model.compile(optimizer="sgd", loss="mse", **recommended_compile_kwargs())
+    """
+    backend = name()
+    if backend == "torch":
+        return {"jit_compile": False}
+    if backend == "tensorflow":
+        return {"jit_compile": accelerator() == "gpu"}
+    return {"jit_compile": True}
+
+
+def recommended_image_data_format() -> str:
+    """The `keras.config.image_data_format()` under which AlexNet runs fastest here.
+
+    "channels_last" on every backend. On torch, "channels_first" saves Keras's
+    layout permutes but measured no faster (0.83x vs 0.84x torchvision-eager,
+    same setting as above): the permuted NHWC views go to oneDNN/cuDNN as
+    channels_last tensors, no copy. Its cost is the conv kernels' HWIO -> OIHW
+    copies each step, which both layouts pay.
+    """
+    return "channels_last"
+
+
+def recommended_precision() -> str:
+    """The Keras dtype policy to train with: "mixed_bfloat16" or "float32".
+
+    "mixed_bfloat16" on GPUs with bfloat16 tensor cores (CUDA compute capability
+    8.0 or more: A100, H100) and on TPUs, where it halves memory traffic at
+    float32's range (no loss scaling); "float32" on CPUs and older GPUs, which
+    emulate bfloat16 matmuls. Not yet measured on a GPU (none was lent when this
+    was written): `alexnet-k3 bench --precision mixed_bfloat16` gives the figure.
+    """
+    backend = name()
+    if accelerator() != "gpu":
+        if backend == "jax":
+            import jax
+
+            if jax.default_backend() == "tpu":
+                return "mixed_bfloat16"
+        return "float32"
+    if backend == "torch":
+        import torch
+
+        return "mixed_bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if backend == "jax":
+        import jax
+
+        capability = getattr(jax.devices()[0], "compute_capability", None)
+    else:
+        import tensorflow as tf
+
+        gpu = tf.config.list_physical_devices("GPU")[0]
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+    # jax says "9.0", tensorflow (9, 0).
+    major = capability[0] if isinstance(capability, tuple) else str(capability).split(".")[0]
+    try:
+        return "mixed_bfloat16" if int(major) >= 8 else "float32"
+    except (TypeError, ValueError):
+        return "float32"
+
+
+# Lower-case fragments of out-of-memory messages: torch "CUDA out of memory",
+# XLA "RESOURCE_EXHAUSTED: Out of memory", tensorflow "OOM when allocating tensor".
+_OOM_MARKERS = ("out of memory", "resource_exhausted", "oom when allocating", "failed to allocate")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when `exc` means the device (or host) ran out of memory for this batch."""
+    if isinstance(exc, MemoryError):
+        return True
+    backend = name()
+    if backend == "torch":
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(exc, tf.errors.ResourceExhaustedError):
+            return True
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(marker in text for marker in _OOM_MARKERS)
+
+
+def tune_for_speed() -> None:
+    """Process-wide backend settings for fixed-shape training; call before building a model.
+
+    torch on CUDA: `cudnn.benchmark` (autotune each convolution once per input
+    shape, as timm's benchmark and training scripts do). Nothing to do on the
+    other backends: XLA autotunes on its own.
+    """
+    if name() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
+
+
+# --- Data parallelism: the engines Keras already has (issue: scaling out). ---
+
+
+class DataParallel:
+    """Data-parallel training over `devices` local accelerators (or all), per backend.
+
+    - jax: `keras.distribution.DataParallel` over `keras.distribution.list_devices()`;
+      with several hosts, call `keras.distribution.initialize()` first (it reads
+      KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES and
+      KERAS_DISTRIBUTION_PROCESS_ID) and every host's devices join one mesh.
+    - tensorflow: `tf.distribute.MirroredStrategy` over the local GPUs, or the
+      logical CPU devices when there is no GPU.
+    - torch: Keras has no distribution support for torch; raises with what to use.
+
+    The model must be built and compiled, and `fit` run, inside `scope()`. The
+    global batch is split evenly across the replicas.
+    """
+
+    def __init__(self, devices: int | None = None):
+        backend = name()
+        if backend == "torch":
+            raise ValueError(
+                "Data-parallel training is not available on the torch backend: Keras "
+                f"{keras.__version__} has no distribution support for torch. Use "
+                "--backend jax (keras.distribution.DataParallel) or --backend tensorflow "
+                "(tf.distribute.MirroredStrategy), or train on one device."
+            )
+        if devices is not None and (not isinstance(devices, int) or devices < 1):
+            raise ValueError(f"`devices` must be a positive integer, received devices={devices!r}.")
+        if backend == "jax":
+            available = keras.distribution.list_devices()
+        else:
+            import tensorflow as tf
+
+            available = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+                d.name for d in tf.config.list_logical_devices("CPU")
+            ]
+        if devices is not None and devices > len(available):
+            raise ValueError(
+                f"devices={devices} asked for, but the {backend} backend sees {len(available)}: "
+                f"{available}. Ask for at most {len(available)}."
+            )
+        self.devices = list(available[: devices or len(available)])
+        if backend == "jax":
+            self._engine = keras.distribution.DataParallel(devices=self.devices)
+        else:
+            import tensorflow as tf
+
+            self._engine = tf.distribute.MirroredStrategy(devices=self.devices)
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self.devices)
+
+    def scope(self):
+        """Context manager under which models are built, compiled and fit."""
+        return self._engine.scope()
+
+
+def replicas_holding(model) -> int:
+    """How many devices hold a copy of `model`'s first weight: what really got replicated."""
+    value = model.weights[0].value
+    if name() == "jax":
+        return len(value.sharding.device_set)
+    if name() == "tensorflow" and hasattr(value, "values"):
+        return len(value.values)  # a MirroredVariable has one component per replica
+    return 1
