@@ -8,6 +8,7 @@ Backend frameworks are imported lazily, inside the functions that need them.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 
 import keras
@@ -297,6 +298,9 @@ class DataParallel:
         if devices is not None and (not isinstance(devices, int) or devices < 1):
             raise ValueError(f"`devices` must be a positive integer, received devices={devices!r}.")
         if backend == "jax":
+            if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES") and not _jax_initialized():
+                # Several hosts: join the cluster the KERAS_DISTRIBUTION_* variables describe.
+                keras.distribution.initialize()
             available = keras.distribution.list_devices()
         else:
             import tensorflow as tf
@@ -324,6 +328,12 @@ class DataParallel:
     def scope(self):
         """Context manager under which models are built, compiled and fit."""
         return self._engine.scope()
+
+
+def _jax_initialized() -> bool:
+    import jax.distributed
+
+    return jax.distributed.is_initialized()
 
 
 def replicas_holding(model) -> int:

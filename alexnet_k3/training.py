@@ -147,6 +147,12 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
     keras.mixed_precision.set_dtype_policy(config.precision)
     try:
         return _run(out, config, verbose)
+    except BaseException:
+        # Failed before finishing one epoch (weights missing, no data, ...): nothing to
+        # resume, so free the folder for a corrected start with the same `out`.
+        if not resume and not (out / "history.json").exists():
+            (out / "config.json").unlink(missing_ok=True)
+        raise
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
