@@ -14,11 +14,11 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import keras
 import pytest
+import tomllib
 from cifar_files import write_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_readme_commands_are_all_accounted_for():
                 assert named and named.group(1) in extras, target
         elif argv[0] == "export":
             variable = argv[1].split("=")[0]
-            assert variable in keras_reads, f"keras.distribution.initialize does not read {variable}"
+            assert variable in keras_reads, f"keras.distribution does not read {variable}"
         else:
             pytest.fail(f"README command {argv} is neither run by a test nor by CI")
 
