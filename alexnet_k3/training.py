@@ -283,10 +283,12 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
     if config.freeze_epochs:
         phases = [("head", config.freeze_epochs), ("finetune", config.epochs)]
     history_path = out / "history.json"
-    best_so_far = max(
-        (e["val_accuracy"] for e in load_history(history_path) if "val_accuracy" in e),
-        default=None,
-    )
+    best_so_far = None
+    if (out / "model.keras").exists():  # resuming: beat the best model already saved
+        best_so_far = max(
+            (e["val_accuracy"] for e in load_history(history_path) if "val_accuracy" in e),
+            default=None,
+        )
     state_dir = out / "state"
     start_epoch = 0
     for phase, end_epoch in phases:
@@ -298,16 +300,15 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
         _set_features_trainable(model, phase != "head")
         num_classes = train_data[1].shape[1]
         _compile(model, config, num_classes, len(train_data[0]), end_epoch - start_epoch)
-        callbacks = [
-            AtomicBackupAndRestore(state_dir / f"backup-{phase}"),
-            HistoryWriter(history_path, phase=phase),
-            keras.callbacks.TerminateOnNaN(),
-        ]
+        callbacks = [HistoryWriter(history_path, phase=phase), keras.callbacks.TerminateOnNaN()]
         if validation is not None:
             checkpoint = BestModelCheckpoint(
                 out / "model.keras", "val_accuracy", "max", best=best_so_far
             )
             callbacks.append(checkpoint)
+        # Last, so an epoch counts as done only once its history and best model are
+        # written: a kill before the backup reruns the epoch, it never skips a write.
+        callbacks.append(AtomicBackupAndRestore(state_dir / f"backup-{phase}"))
         model.fit(
             *train_data,
             batch_size=config.batch_size,
