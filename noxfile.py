@@ -15,6 +15,10 @@ nox.options.default_venv_backend = "virtualenv"
 nox.options.sessions = ["lint", "tests"]
 
 BACKENDS = ["torch", "jax", "tensorflow"]
+# A quick look that fits a 2-core CPU; on a GPU pass e.g.
+# `-- --device gpu --precision mixed_bfloat16 --batch-size 256 --out benchmarks/results/gpu.json`.
+BENCH_QUICK = ["--batch-size", "16", "--image-size", "224", "--steps", "5", "--warmup", "2"]
+BASELINES = "torchvision-eager,torchvision-compile"
 
 
 @nox.session
@@ -83,3 +87,27 @@ def demo(session: nox.Session) -> None:
             f"{out}/{backend}-evaluated-on-{other}",
         )
     session.run("alexnet-k3", "compare", *runs, "--out", f"{out}/compare.md")
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def bench(session: nox.Session, backend: str) -> None:
+    """Throughput of one Keras backend vs torchvision's AlexNet; -- args replace the quick look."""
+    session.install(f".[{backend},torch]")
+    session.run(
+        "alexnet-k3", "bench", "--backends", backend, "--baselines", BASELINES,
+        "--out", f"benchmarks/results/bench-{backend}.json",
+        *(session.posargs or BENCH_QUICK),
+        env={"KERAS_BACKEND": backend},
+    )
+
+
+@nox.session
+def bench_all(session: nox.Session) -> None:
+    """Every Keras backend and both baselines, end to end included: table, JSON and PNG."""
+    session.install(".[all]")
+    session.run(
+        "alexnet-k3", "bench", "--backends", ",".join(BACKENDS), "--baselines", BASELINES,
+        "--end-to-end", "--out", "benchmarks/results/bench-all.json",
+        *(session.posargs or [*BENCH_QUICK, "--rounds", "3"]),
+    )

@@ -1,0 +1,207 @@
+"""The Keras worker: `alexnet_k3.AlexNet` on the process's Keras backend.
+
+Runs in a process whose `KERAS_BACKEND` the parent set. Synthetic steps time
+`model.train_on_batch` / `model.predict_on_batch` on a batch made on the device
+with `keras.random` (both return host values, so each step has finished when
+they return; `alexnet_k3.backend.synchronize` is called as well). The
+end-to-end figure times a real `model.fit` epoch on the digits (or CIFAR-10),
+uint8 images going through `alexnet_k3.preprocessing.input_pipeline` on the
+device in front of the same network.
+
+keras, the backend framework and alexnet_k3 are imported inside `run`, so a
+missing one becomes a reported error, not a crash of the parent.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+from benchmarks import common
+
+JIT_ARGS = {"on": True, "off": False, "auto": "auto"}
+
+
+def run(impl: str, config: dict) -> list[dict]:
+    """Measures `impl` ("keras-<backend>") for every mode and batch size in `config`."""
+    import keras
+
+    from alexnet_k3 import backend as kb
+
+    wanted = impl.removeprefix("keras-")
+    if kb.name() != wanted:
+        return common.error_records(
+            impl, config, f"worker runs Keras backend {kb.name()!r}, expected {wanted!r}"
+        )
+    if config["device"] == "gpu" and kb.accelerator() != "gpu":
+        return common.error_records(impl, config, f"no GPU visible to {wanted}")
+
+    kb.tune_for_speed()
+    data_format = config.get("data_format", "recommended")
+    if data_format == "recommended":
+        data_format = kb.recommended_image_data_format()
+    keras.config.set_image_data_format(data_format)
+    compile_kwargs = dict(kb.recommended_compile_kwargs())
+    if config["jit"] != "recommended":
+        compile_kwargs["jit_compile"] = JIT_ARGS[config["jit"]]
+    shared = dict(device=kb.device_name(), versions=kb.versions(), data_format=data_format)
+
+    records = []
+    modes = list(config["modes"])
+    if config.get("end_to_end"):
+        modes.append(common.E2E_MODE)
+    for mode in modes:
+        for batch in config["batch_sizes"]:
+            record = common.new_record(impl, mode, batch, config, **shared)
+            try:
+                if mode == common.E2E_MODE:
+                    result = _measure_end_to_end(batch, config, compile_kwargs)
+                else:
+                    result = _measure(mode, batch, config, compile_kwargs)
+                record.update(result)
+            except Exception as exc:  # noqa: BLE001 - recorded, the run goes on (timm does this)
+                record["error"] = "oom" if kb.is_out_of_memory(exc) else common.short_error(exc)
+                record["error_detail"] = common.short_error(exc, limit=2000)
+            finally:
+                keras.utils.clear_session(free_memory=True)
+                gc.collect()
+            records.append(record)
+            common.progress(record)
+    return records
+
+
+def _build(config, input_shape=None):
+    import keras
+
+    import alexnet_k3
+
+    # Set per model: keras.utils.clear_session() resets the global policy.
+    keras.mixed_precision.set_global_policy(config["precision"])
+    size = config["image_size"]
+    if input_shape is None:
+        input_shape = (
+            (3, size, size)
+            if keras.config.image_data_format() == "channels_first"
+            else (size, size, 3)
+        )
+    model = alexnet_k3.AlexNet(
+        num_classes=config["num_classes"], variant=config["variant"], input_shape=input_shape
+    )
+    return model, input_shape
+
+
+def _compile_for_training(model, compile_kwargs):
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **compile_kwargs,
+    )
+
+
+def train_step_fn(model, x, y):
+    """One synthetic training step (forward, loss, backward, SGD-momentum update)."""
+    return lambda: model.train_on_batch(x, y)
+
+
+def infer_step_fn(model, x):
+    """One synthetic inference step."""
+    return lambda: model.predict_on_batch(x)
+
+
+def _measure(mode, batch, config, compile_kwargs) -> dict:
+    import keras
+
+    from alexnet_k3 import backend as kb
+
+    kb.reset_peak_memory()
+    model, input_shape = _build(config)
+    x = keras.random.normal((batch, *input_shape), seed=0)
+    if mode == "train":
+        _compile_for_training(model, compile_kwargs)
+        y = keras.random.randint((batch,), 0, config["num_classes"], seed=1)
+        step = train_step_fn(model, x, y)
+    else:
+        model.compile(**compile_kwargs)
+        step = infer_step_fn(model, x)
+    timing = common.time_steps(step, kb.synchronize, warmup=config["warmup"], steps=config["steps"])
+    result = common.summarize(timing, batch)
+    result["jit"] = bool(model.jit_compile)
+    result["peak_memory_bytes"] = kb.peak_memory_bytes()
+    return result
+
+
+def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
+    """Images/s of one real `fit` epoch, the input pipeline included, vs synthetic steps.
+
+    The synthetic reference is measured right before and right after the epoch
+    (same network, same weights, device-resident float batch, as many images as
+    the epoch), so a shared machine's changing load shifts both figures alike.
+    """
+    import keras
+
+    from alexnet_k3 import backend as kb
+    from alexnet_k3.preprocessing import input_pipeline
+
+    x, y, dataset = load_dataset(config.get("dataset", "digits"))
+    kb.reset_peak_memory()
+    network, input_shape = _build(config)
+    inputs = keras.Input(x.shape[1:], dtype="uint8", name="uint8_images")
+    outputs = network(input_pipeline(config["image_size"])(inputs))
+    model = keras.Model(inputs, outputs, name="pipeline_alexnet")
+    _compile_for_training(model, compile_kwargs)
+    _compile_for_training(network, compile_kwargs)
+    synthetic_step = train_step_fn(
+        network,
+        keras.random.normal((batch, *input_shape), seed=0),
+        keras.random.randint((batch,), 0, config["num_classes"], seed=1),
+    )
+
+    # The synthetic step first: a batch that does not fit fails before any fit compiles.
+    synthetic_step()
+    # Warm-up on full batches plus one batch of the epoch's remainder size, so
+    # that every shape the epoch uses is compiled before the clock starts.
+    remainder = len(x) % batch
+    warm = config["warmup"] * batch + remainder
+    start = time.perf_counter()
+    model.fit(x[:warm], y[:warm], batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    compile_seconds = time.perf_counter() - start
+
+    # As many synthetic images as the epoch has, half before and half after it,
+    # so that the reference spans as much wall time as the epoch.
+    num_steps = -(-len(x) // batch)
+    steps, warmup = max(config["steps"], -(-num_steps // 2)), config["warmup"]
+    before = common.time_steps(synthetic_step, kb.synchronize, warmup=warmup, steps=steps)
+    start = time.perf_counter()
+    history = model.fit(x, y, batch_size=batch, epochs=1, shuffle=True, verbose=0)
+    kb.synchronize(history.history)
+    seconds = time.perf_counter() - start
+    after = common.time_steps(synthetic_step, kb.synchronize, warmup=1, steps=steps)
+
+    images_per_sec = len(x) / seconds
+    synthetic = 2 * steps * batch / (sum(before.step_seconds) + sum(after.step_seconds))
+    return {
+        "images_per_sec": images_per_sec,
+        "epoch_seconds": seconds,
+        "epoch_images": int(len(x)),
+        "dataset": dataset,
+        "synthetic_images_per_sec": synthetic,
+        "synthetic_before_images_per_sec": common.summarize(before, batch)["images_per_sec"],
+        "synthetic_after_images_per_sec": common.summarize(after, batch)["images_per_sec"],
+        "synthetic_steps": 2 * steps,
+        "e2e_ratio": images_per_sec / synthetic,
+        "step_ms_mean": 1e3 * seconds / num_steps,
+        "compile_seconds": compile_seconds,
+        "steps": num_steps,
+        "jit": bool(model.jit_compile),
+        "peak_memory_bytes": kb.peak_memory_bytes(),
+    }
+
+
+def load_dataset(name: str):
+    """`(x_train uint8 (N, 32, 32, 3), y_train int64, name)` of "digits" or "cifar10"."""
+    from alexnet_k3 import datasets
+
+    data = datasets.load_dataset(name)
+    return data.x_train, data.y_train, data.name

@@ -1,0 +1,508 @@
+"""`alexnet-k3 bench`: training/inference throughput of every backend and the baselines.
+
+Usage (the CLI passes its remaining arguments to `main`):
+
+    alexnet-k3 bench --backends torch,jax,tensorflow \\
+        --baselines torchvision-eager,torchvision-compile --modes train,infer \\
+        --batch-size 16 --image-size 224 --precision float32 --steps 5 --warmup 2 \\
+        --out benchmarks/results/cpu.json
+
+    python -m benchmarks.runner ...   # the same, without the CLI
+
+Every implementation runs in its own worker process (a process has one Keras
+backend; torch.compile, XLA and thread pools stay out of each other's way). A
+worker that cannot import its framework, runs out of memory at a batch size,
+or dies is recorded with an `error` and the run goes on. `--out FILE.json`
+gets the records, and `FILE.md` (the table) and `FILE.png` (a bar chart)
+go beside it. The markdown table also goes to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    # Loaded by path (the CLI) or run as a file: make `benchmarks` importable.
+    sys.path.insert(0, str(_ROOT))
+
+from benchmarks import common  # noqa: E402
+
+BACKENDS = ("torch", "jax", "tensorflow")
+REFERENCE = "torchvision-eager"
+VARIANTS = ("torchvision", "paper", "cifar")
+# Defaults per device: (batch size, steps, warmup). CPU: a quick look; GPU:
+# timm's 40-50 measured steps after enough warm-up for autotuning.
+DEVICE_DEFAULTS = {"cpu": (16, 10, 2), "gpu": (256, 50, 10)}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="alexnet-k3 bench",
+        description="Throughput of AlexNet on each Keras backend next to torchvision's "
+        "AlexNet in plain PyTorch. Each implementation runs in its own process.",
+    )
+    parser.add_argument(
+        "--backends", default="torch,jax,tensorflow",
+        help="comma-separated Keras backends to measure (torch, jax, tensorflow) or 'none'",
+    )
+    parser.add_argument(
+        "--baselines", default="torchvision-eager,torchvision-compile",
+        help="comma-separated baselines (torchvision-eager, torchvision-compile) or 'none'",
+    )
+    parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
+    parser.add_argument(
+        "--batch-size", nargs="+", default=None, metavar="N",
+        help="one or several batch sizes (space or comma separated); "
+        "default 16 on CPU, 256 on GPU",
+    )
+    parser.add_argument("--image-size", type=int, default=224, help="square input side")
+    parser.add_argument("--precision", choices=common.PRECISIONS, default="float32")
+    parser.add_argument(
+        "--jit", choices=("recommended", "on", "off", "auto"), default="recommended",
+        help="Keras jit_compile: 'recommended' = alexnet_k3.backend.recommended_compile_kwargs() "
+        "(the package's default), 'auto' = Keras's own default. The baselines' jit is their "
+        "name (torchvision-compile).",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="measured steps (CPU 10, GPU 50)")
+    parser.add_argument(
+        "--warmup", type=int, default=None,
+        help="warm-up steps before measuring, compilation included (CPU 2, GPU 10)",
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "gpu"), default="auto",
+        help="'auto': gpu when nvidia-smi lists one, else cpu",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="FILE.json; FILE.md and FILE.png go beside it"
+    )
+    parser.add_argument(
+        "--end-to-end", action="store_true",
+        help="also time a real fit epoch (input pipeline included) for the Keras backends",
+    )
+    parser.add_argument("--dataset", choices=("digits", "cifar10"), default="digits",
+                        help="dataset of the --end-to-end epoch")
+    parser.add_argument("--variant", choices=VARIANTS, default="torchvision",
+                        help="AlexNet variant (the baselines exist for 'torchvision' only)")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument(
+        "--data-format", choices=("recommended", "channels_last", "channels_first"),
+        default="recommended", help="Keras image_data_format of the Keras runs",
+    )
+    parser.add_argument(
+        "--torch-memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+        help="memory format of the torchvision baselines ('auto': channels_last, measured "
+        "faster on CPU, the standard choice on GPU)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure every implementation this many times, in turn, and keep each one's "
+        "median round: on a shared machine, load that changes over minutes then hits all alike",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds one worker process may run before it is killed")
+    parser.add_argument("--note", default=None, help="a line saved with the results")
+    parser.add_argument(
+        "--from-json", type=Path, default=None, metavar="FILE.json",
+        help="measure nothing: print the table of a saved run and rewrite its .md and .png",
+    )
+    parser.add_argument("--verbose", action="store_true", help="relay the workers' whole output")
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    return args
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip() and part.strip() != "none"]
+
+
+def _check(parser, args) -> None:
+    backends, baselines, modes = _split(args.backends), _split(args.baselines), _split(args.modes)
+    for values, allowed, flag in (
+        (backends, BACKENDS, "--backends"),
+        (baselines, common.BASELINE_IMPLS, "--baselines"),
+        (modes, common.MODES, "--modes"),
+    ):
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            parser.error(f"{flag}: unknown {unknown}, expected a comma-separated subset of "
+                         f"{list(allowed)}")
+    if not backends and not baselines:
+        parser.error("nothing to measure: --backends and --baselines are both empty")
+    if not modes:
+        parser.error("--modes is empty; give train, infer or both")
+    args.backends, args.baselines, args.modes = backends, baselines, modes
+    device = _detect_device() if args.device == "auto" else args.device
+    args.device = device
+    batch, steps, warmup = DEVICE_DEFAULTS[device]
+    sizes = []
+    for text in args.batch_size or [str(batch)]:
+        for part in _split(text):
+            try:
+                sizes.append(int(part))
+            except ValueError:
+                parser.error(f"--batch-size: {part!r} is not an integer")
+    if not sizes or min(sizes) < 1:
+        parser.error(f"--batch-size must be positive integers, received {args.batch_size}")
+    args.batch_size = sorted(set(sizes))
+    args.steps = steps if args.steps is None else args.steps
+    args.warmup = warmup if args.warmup is None else args.warmup
+    if args.steps < 1 or args.warmup < 1:
+        parser.error(f"--steps and --warmup must be >= 1 (warm-up holds the compilation), "
+                     f"received --steps {args.steps} --warmup {args.warmup}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, received {args.rounds}")
+    if args.image_size < 1 or args.num_classes < 1:
+        parser.error("--image-size and --num-classes must be positive")
+    if args.out is not None and args.out.suffix != ".json":
+        parser.error(f"--out must name a .json file, received {str(args.out)!r}")
+
+
+def _detect_device() -> str:
+    """"gpu" when nvidia-smi lists a GPU (without importing any framework), else "cpu"."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "cpu"
+    try:
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "cpu"
+    return "gpu" if listing.returncode == 0 and "GPU" in listing.stdout else "cpu"
+
+
+def worker_config(args) -> dict:
+    """The settings every worker reads (JSON-serializable)."""
+    return {
+        "modes": list(args.modes),
+        "batch_sizes": list(args.batch_size),
+        "image_size": args.image_size,
+        "precision": args.precision,
+        "jit": args.jit,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "device": args.device,
+        "end_to_end": args.end_to_end,
+        "dataset": args.dataset,
+        "variant": args.variant,
+        "num_classes": args.num_classes,
+        "data_format": args.data_format,
+        "torch_memory_format": args.torch_memory_format,
+        "rounds": args.rounds,
+        "note": args.note,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark; returns 0 when at least one record has a figure, else 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return _worker_main(argv[1:])
+    args = parse_args(argv)
+    if args.from_json is not None:
+        return _report_saved(args.from_json, args.out)
+    config = worker_config(args)
+    impls = [b for b in common.BASELINE_IMPLS if b in args.baselines]
+    impls += [f"keras-{b}" for b in args.backends]
+    measured = []
+    for round_index in range(args.rounds):
+        for impl in impls:
+            if args.rounds > 1:
+                print(f"[bench] round {round_index + 1}/{args.rounds}", file=sys.stderr)
+            measured += run_impl(impl, config, timeout=args.timeout, verbose=args.verbose)
+    records = merge_rounds(measured)
+    add_ratios(records)
+    table = format_table(records, config)
+    print(table)
+    if args.out is not None:
+        save(records, table, args.out)
+    return 0 if any(r.get("images_per_sec") for r in records) else 1
+
+
+def _report_saved(path: Path, out: Path | None) -> int:
+    records = json.loads(path.read_text())
+    first = next((r for r in records if r["mode"] != common.E2E_MODE), records[0])
+    config = {
+        "variant": first.get("variant"), "image_size": first.get("image_size"),
+        "precision": first.get("precision"), "jit": first.get("jit_requested"),
+        "device": first.get("device_type"), "steps": first.get("steps"),
+        "warmup": first.get("warmup"), "rounds": first.get("rounds") or 1,
+    }
+    add_ratios(records)
+    table = format_table(records, config)
+    print(table)
+    save(records, table, out or path)
+    return 0
+
+
+def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool = False):
+    """Runs one implementation in a worker process and returns its records (never raises)."""
+    if impl in common.BASELINE_IMPLS and config["variant"] != "torchvision":
+        return common.error_records(
+            impl, config, f"no torchvision model for variant {config['variant']!r}"
+        )
+    print(f"[bench] {impl}: starting worker", file=sys.stderr, flush=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if impl in common.KERAS_IMPLS:
+        env["KERAS_BACKEND"] = impl.removeprefix("keras-")
+    if config["device"] == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["JAX_PLATFORMS"] = "cpu"
+    with tempfile.TemporaryDirectory(prefix="alexnet-k3-bench-") as tmp:
+        config_path, result_path = Path(tmp, "config.json"), Path(tmp, "records.json")
+        config_path.write_text(json.dumps(config))
+        command = [sys.executable, "-m", "benchmarks.runner", "--worker", impl,
+                   str(config_path), str(result_path)]
+        returncode, tail, timed_out = _stream(command, env, timeout, verbose)
+        records = json.loads(result_path.read_text()) if result_path.exists() else []
+    if returncode != 0 or not records:
+        if timed_out:
+            reason = f"worker timed out after {timeout:g} s"
+        elif returncode is not None and returncode < 0:
+            reason = f"worker killed by signal {-returncode} (out of host memory?)"
+        else:
+            reason = f"worker failed (exit code {returncode})"
+        last = next((line for line in reversed(tail) if line.strip()), "")
+        done = {(r["mode"], r["batch_size"]) for r in records}
+        records += [
+            r for r in common.error_records(impl, config, reason, detail=last or None)
+            if (r["mode"], r["batch_size"]) not in done
+        ]
+    return records
+
+
+def _stream(command, env, timeout, verbose):
+    """Runs `command`, relaying `[bench]` lines (all lines if verbose) to stderr."""
+    tail = collections.deque(maxlen=40)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        errors="replace",
+    )
+    expired = threading.Event()
+
+    def kill():
+        expired.set()
+        process.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    try:
+        for line in process.stdout:
+            tail.append(line.rstrip())
+            if verbose or line.startswith("[bench]"):
+                print(line, end="", file=sys.stderr, flush=True)
+        returncode = process.wait()
+    finally:
+        timer.cancel()
+    return returncode, list(tail), expired.is_set()
+
+
+def _worker_main(argv: list[str]) -> int:
+    """`runner --worker IMPL CONFIG.json RESULT.json`: measures IMPL in this process."""
+    impl, config_path, result_path = argv
+    config = json.loads(Path(config_path).read_text())
+    common.RESULT_SINK["path"] = result_path
+    failure = None
+    try:
+        if impl in common.KERAS_IMPLS:
+            from benchmarks import keras_bench as module
+        elif impl in common.BASELINE_IMPLS:
+            from benchmarks import torchvision_baseline as module
+        else:
+            raise ValueError(f"unknown implementation {impl!r}, expected one of {common.IMPLS}")
+        records = module.run(impl, config)
+    except ImportError as exc:
+        failure = f"missing: {common.short_error(exc).split(': ', 1)[-1]}", exc
+    except Exception as exc:  # noqa: BLE001 - the parent reports it and goes on
+        failure = common.short_error(exc), exc
+    if failure is not None:
+        # Keep what was measured before the failure; the rest carry its reason.
+        records = list(common.RESULT_SINK["records"])
+        done = {(r["mode"], r["batch_size"]) for r in records}
+        rest = [
+            r for r in common.error_records(
+                impl, config, failure[0], detail=common.short_error(failure[1], limit=2000)
+            )
+            if (r["mode"], r["batch_size"]) not in done
+        ]
+        if rest:
+            common.progress(rest[0], save=False)
+        records += rest
+    Path(result_path).write_text(json.dumps(records, default=str))
+    return 0
+
+
+def merge_rounds(records: list[dict]) -> list[dict]:
+    """One record per (impl, mode, batch): the round with the median images/s.
+
+    With an even number of good rounds the slower middle one is kept. Failed
+    rounds count only when every round failed. Each record lists all rounds'
+    figures in `rounds_images_per_sec`.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["impl"], record["mode"], record["batch_size"]), []).append(record)
+    merged = []
+    for group in groups.values():
+        good = sorted((r for r in group if r.get("images_per_sec")),
+                      key=lambda r: r["images_per_sec"])
+        chosen = dict(good[(len(good) - 1) // 2] if good else group[0])
+        chosen["rounds"] = len(group)
+        chosen["rounds_images_per_sec"] = [r.get("images_per_sec") for r in group]
+        merged.append(chosen)
+    return merged
+
+
+def add_ratios(records: list[dict]) -> None:
+    """Adds `ratio_vs_<baseline>`: images/s over the baseline's at the same mode and batch."""
+    for baseline in common.BASELINE_IMPLS:
+        reference = {
+            (r["mode"], r["batch_size"]): r["images_per_sec"]
+            for r in records
+            if r["impl"] == baseline and r.get("images_per_sec")
+        }
+        key = "ratio_vs_" + baseline.replace("-", "_")
+        for record in records:
+            base = reference.get((record["mode"], record["batch_size"]))
+            value = record.get("images_per_sec")
+            record[key] = value / base if value and base else None
+
+
+def _fmt(value, spec: str, missing: str = "—") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _order(record):
+    order = (*common.BASELINE_IMPLS, *common.KERAS_IMPLS)
+    impl_rank = order.index(record["impl"]) if record["impl"] in order else len(order)
+    modes = (*common.MODES, common.E2E_MODE)
+    return (modes.index(record["mode"]), record["batch_size"], impl_rank)
+
+
+def format_table(records: list[dict], config: dict) -> str:
+    """Markdown: one row per record with its ratios; end-to-end rows in a second table."""
+    synthetic = sorted((r for r in records if r["mode"] != common.E2E_MODE), key=_order)
+    e2e = sorted((r for r in records if r["mode"] == common.E2E_MODE), key=_order)
+    devices = sorted({r["device"] for r in records if r.get("device")})
+    lines = [
+        f"AlexNet ({config['variant']}) {config['image_size']}x{config['image_size']}, "
+        f"{config['precision']}, jit {config['jit']}, device {config['device']}"
+        f" ({'; '.join(devices) or 'unknown'}), {config['steps']} steps after "
+        f"{config['warmup']} warm-up"
+        + (f", median of {config['rounds']} rounds" if config.get("rounds", 1) > 1 else ""),
+        "",
+        "| impl | mode | batch | images/s | step ms median | step ms p90 | compile s | jit "
+        "| x torchvision-eager | x torchvision-compile | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for r in synthetic:
+        lines.append(
+            f"| {r['impl']} | {r['mode']} | {r['batch_size']} | {_fmt(r['images_per_sec'], '.1f')} "
+            f"| {_fmt(r['step_ms_median'], '.1f')} | {_fmt(r['step_ms_p90'], '.1f')} "
+            f"| {_fmt(r['compile_seconds'], '.1f')} | {_fmt(r.get('jit'), '')} "
+            f"| {_fmt(r.get('ratio_vs_torchvision_eager'), '.2f')} "
+            f"| {_fmt(r.get('ratio_vs_torchvision_compile'), '.2f')} | {r.get('error') or ''} |"
+        )
+    if e2e:
+        lines += [
+            "",
+            "End to end: one real `fit` epoch, uint8 images through the on-device input "
+            "pipeline, vs synthetic device-resident steps at the same settings",
+            "",
+            "| impl | batch | dataset | epoch images/s | synthetic images/s | e2e / synthetic "
+            "| note |",
+            "|---|---:|---|---:|---:|---:|---|",
+        ]
+        for r in e2e:
+            lines.append(
+                f"| {r['impl']} | {r['batch_size']} | {r.get('dataset') or '—'} "
+                f"| {_fmt(r['images_per_sec'], '.1f')} "
+                f"| {_fmt(r.get('synthetic_images_per_sec'), '.1f')} "
+                f"| {_fmt(r.get('e2e_ratio'), '.0%')} | {r.get('error') or ''} |"
+            )
+    return "\n".join(lines)
+
+
+def save(records: list[dict], table: str, out: Path) -> None:
+    """Writes FILE.json (records), FILE.md (settings, versions, table) and FILE.png (chart)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=2, default=str) + "\n")
+    versions = {}
+    for r in records:
+        if r.get("versions"):
+            versions[r["impl"]] = ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v)
+    header = [f"# AlexNet throughput ({datetime.date.today().isoformat()})", ""]
+    note = next((r.get("note") for r in records if r.get("note")), None)
+    if note:
+        header += [note, ""]
+    header += [f"- {impl}: {text}" for impl, text in versions.items()] + [""]
+    out.with_suffix(".md").write_text("\n".join(header) + "\n" + table + "\n")
+    chart = plot(records, out.with_suffix(".png"))
+    print(f"[bench] wrote {out}, {out.with_suffix('.md')}"
+          + (f", {chart}" if chart else " (no chart: matplotlib missing)"), file=sys.stderr)
+
+
+def plot(records: list[dict], path: Path) -> Path | None:
+    """Grouped bars of images/s per (mode, batch), one bar per implementation."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    records = sorted(records, key=_order)
+    groups = list(dict.fromkeys((r["mode"], r["batch_size"]) for r in records))
+    impls = list(dict.fromkeys(r["impl"] for r in records))
+    width = 0.8 / max(1, len(impls))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) * max(1, len(impls)) ** 0.5), 4.5))
+    by_key = {(r["impl"], r["mode"], r["batch_size"]): r for r in records}
+    top = max((r["images_per_sec"] or 0 for r in records), default=0) or 1.0
+    for i, impl in enumerate(impls):
+        xs, heights = [], []
+        for g, (mode, batch) in enumerate(groups):
+            r = by_key.get((impl, mode, batch))
+            if r is None:
+                continue
+            x = g - 0.4 + width * (i + 0.5)
+            value = r.get("images_per_sec") or 0.0
+            xs.append(x)
+            heights.append(value)
+            if r.get("error"):
+                label = "oom" if r["error"] == "oom" else r["error"].split(":")[0][:12]
+                ax.text(x, top * 0.02, label, rotation=90, ha="center", va="bottom", fontsize=7)
+            elif r.get("e2e_ratio"):
+                ax.text(x, value, f"{r['e2e_ratio']:.0%}\nof synth.", ha="center",
+                        va="bottom", fontsize=7)
+            elif r.get("ratio_vs_torchvision_eager"):
+                ax.text(x, value, f"{r['ratio_vs_torchvision_eager']:.2f}x", ha="center",
+                        va="bottom", fontsize=7)
+        ax.bar(xs, heights, width, label=impl)
+    ax.set_xticks(range(len(groups)), [f"{m}\nbatch {b}" for m, b in groups])
+    ax.set_ylabel("images / s")
+    first = records[0] if records else {}
+    ax.set_title(
+        f"AlexNet {first.get('image_size')}px {first.get('precision')} on "
+        f"{first.get('device_type')} (labels: x torchvision-eager; end to end: % of synthetic)",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
