@@ -237,6 +237,7 @@ def build_classifier(
 
 def _run(out: Path, config: TrainConfig, verbose) -> dict:
     keras.utils.set_random_seed(config.seed)
+    backend.tune_for_speed()
     data = datasets.load_dataset(config.dataset, data_dir=config.data_dir)
     parallel = _data_parallel(config)
     replicas = parallel.num_replicas if parallel else 1

@@ -9,14 +9,6 @@ from alexnet_k3.layers import AdaptiveAveragePooling2D, LocalResponseNormalizati
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(params=["channels_last", "channels_first"])
-def data_format(request):
-    previous = keras.config.image_data_format()
-    keras.config.set_image_data_format(request.param)
-    yield request.param
-    keras.config.set_image_data_format(previous)
-
-
 def _to_torch_layout(x, data_format):
     return torch.from_numpy(x if data_format == "channels_first" else np.moveaxis(x, -1, 1).copy())
 

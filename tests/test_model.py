@@ -16,14 +16,6 @@ from alexnet_k3.model import VARIANTS, min_input_size
 BACKEND = keras.config.backend()
 
 
-@pytest.fixture(params=["channels_last", "channels_first"])
-def data_format(request):
-    previous = keras.config.image_data_format()
-    keras.config.set_image_data_format(request.param)
-    yield request.param
-    keras.config.set_image_data_format(previous)
-
-
 def _shape(side, data_format, channels=3):
     return (channels, side, side) if data_format == "channels_first" else (side, side, channels)
 
