@@ -1,41 +1,18 @@
 """Keras callbacks for runs that can be killed at any moment and resumed.
 
-Every file is written to a temporary name in the same folder and then renamed
-over the old one (`os.replace` is atomic on POSIX and Windows), so a run killed
+Every file goes through `alexnet_k3.files`' write-then-rename, so a run killed
 mid-write leaves the previous complete file, never a truncated one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import keras
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save(save, path: Path) -> None:
-    """Calls `save(tmp_path)` then renames the result to `path`.
-
-    The temporary name keeps the real suffix (`.keras`, `.weights.h5`), which
-    Keras's savers require.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    save(str(tmp))
-    os.replace(tmp, path)
+from alexnet_k3.files import atomic_save, atomic_write_text
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):

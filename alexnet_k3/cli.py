@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--weights", required=True, help="'imagenet' or a torchvision .pth file")
     convert.add_argument("--out", required=True, help="FILE.weights.h5")
-    convert.add_argument("--num-classes", type=_positive_int, default=1000)
+    convert.add_argument(
+        "--num-classes", type=_positive_int, help="the checkpoint's classes (default: read it)"
+    )
 
     compare = commands.add_parser("compare", help="markdown table of several runs")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")

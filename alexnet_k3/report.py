@@ -10,18 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_k3.callbacks import atomic_write_text
+from alexnet_k3.files import atomic_write_text
 
+# (title, metrics key, decimals for floats)
 COMPARE_COLUMNS = [
-    ("backend", "backend"),
-    ("trained on", "trained_on_backend"),
-    ("variant", "variant"),
-    ("mode", "mode"),
-    ("epochs", "epochs"),
-    ("test accuracy", "test_accuracy"),
-    ("test loss", "test_loss"),
-    ("train time (s)", "train_seconds"),
-    ("images/s", "images_per_second"),
+    ("backend", "backend", None),
+    ("trained on", "trained_on_backend", None),
+    ("variant", "variant", None),
+    ("mode", "mode", None),
+    ("epochs", "epochs", None),
+    ("test accuracy", "test_accuracy", 4),
+    ("test loss", "test_loss", 4),
+    ("train time (s)", "train_seconds", 1),
+    ("images/s", "images_per_second", 1),
 ]
 
 
@@ -49,7 +50,7 @@ def _fmt(value, digits=4):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"
+        return f"{value:.{digits}f}"
     return str(value)
 
 
@@ -85,7 +86,8 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
         "eval_images_per_second",
     ):
         if key in metrics:
-            lines.append(f"| {key} | {_fmt(metrics[key])} |")
+            digits = 4 if key.startswith("test_") else 1
+            lines.append(f"| {key} | {_fmt(metrics[key], digits)} |")
     lines += ["", "## Per class (all test images)", ""]
     lines += ["| class | images | correct | accuracy |", "| --- | ---: | ---: | ---: |"]
     confusion = np.asarray(metrics["confusion_matrix"])
@@ -196,9 +198,9 @@ def compare_runs(run_dirs) -> str:
             rows.append((str(run_dir), json.loads(path.read_text())))
         except ValueError as error:
             raise ValueError(f"{path} is not valid JSON ({error}).") from None
-    header = "| run | " + " | ".join(title for title, _ in COMPARE_COLUMNS) + " |"
+    header = "| run | " + " | ".join(title for title, _, _ in COMPARE_COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COMPARE_COLUMNS) + 1)]
     for run_dir, metrics in rows:
-        cells = [_fmt(metrics.get(key)) for _, key in COMPARE_COLUMNS]
+        cells = [_fmt(metrics.get(key), digits or 4) for _, key, digits in COMPARE_COLUMNS]
         lines.append(f"| {run_dir} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

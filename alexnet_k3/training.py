@@ -22,10 +22,9 @@ from alexnet_k3.callbacks import (
     AtomicBackupAndRestore,
     BestModelCheckpoint,
     HistoryWriter,
-    atomic_save,
-    atomic_write_text,
     load_history,
 )
+from alexnet_k3.files import atomic_save, atomic_write_text
 from alexnet_k3.model import VARIANTS, AlexNet
 from alexnet_k3.preprocessing import input_pipeline
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_k3 import preprocessing
+from alexnet_k3.files import atomic_save
 
 
 class WeightsError(ValueError):
@@ -864,11 +865,5 @@ def convert_checkpoint(source, out, *, num_classes: int | None = None) -> pathli
         plan = _plan(_describe_model(model), opened, skip_mismatched_head=False)
     _assign(plan)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{_stem(out)}.{os.getpid()}.partial.weights.h5")
-    try:
-        model.save_weights(partial)
-        os.replace(partial, out)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    atomic_save(model.save_weights, out)
     return out
