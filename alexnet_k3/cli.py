@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--jit", type=_jit, default="auto", help="on, off or auto (Keras decides)")
     train.add_argument(
+        "--data-format",
+        choices=("recommended", "channels_last", "channels_first"),
+        default="recommended",
+        help="Keras image data format of the network; 'recommended': the backend's fastest "
+        "(channels_first on torch, channels_last on jax and tensorflow)",
+    )
+    train.add_argument(
         "--data-parallel", action="store_true",
         help="split each batch across local devices (jax: keras.distribution.DataParallel, "
         "tensorflow: tf.distribute.MirroredStrategy)",
@@ -228,6 +235,7 @@ def _train(args) -> int:
         augment=args.augment,
         seed=args.seed,
         jit_compile=args.jit,
+        data_format=args.data_format,
         data_parallel=args.data_parallel,
         devices=args.devices,
     )

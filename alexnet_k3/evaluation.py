@@ -50,7 +50,8 @@ def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
         and `eval_images_per_second`.
     """
     start = time.perf_counter()
-    logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+    feed = backend.array_feed(x, batch_size=batch_size)
+    logits = np.asarray(model.predict(**feed, verbose=0), dtype="float64")
     seconds = time.perf_counter() - start
     num_classes = len(class_names)
     if logits.shape != (len(x), num_classes):

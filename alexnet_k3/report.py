@@ -163,7 +163,7 @@ def _plot_all(out: Path, metrics: dict, history, model, data) -> list[str]:
 
     count = min(25, len(data.x_test))
     images = data.x_test[:count]
-    predicted = np.asarray(model.predict(images, verbose=0)).argmax(axis=1)
+    predicted = np.asarray(model.predict_on_batch(images)).argmax(axis=1)
     columns = 5
     fig, axes = plt.subplots(
         math.ceil(count / columns), columns, figsize=(2 * columns, 2.2 * math.ceil(count / columns))

@@ -30,6 +30,7 @@ from alexnet_k3.preprocessing import input_pipeline
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+DATA_FORMATS = ("recommended", "channels_last", "channels_first")
 DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 # Mirrored digits are other symbols; mirrored photos are still the same class.
 FLIP_AUGMENTATION = {"cifar10": True, "digits": False}
@@ -57,6 +58,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     jit_compile: bool | str = "auto"
+    data_format: str = "recommended"
     data_parallel: bool = False
     devices: int | None = None
 
@@ -96,6 +98,8 @@ class TrainConfig:
             bad("validation_split", "in [0, 1)")
         if self.jit_compile not in (True, False, "auto"):
             bad("jit_compile", "True, False or 'auto'")
+        if self.data_format not in DATA_FORMATS:
+            bad("data_format", f"one of {DATA_FORMATS}")
         if self.devices is not None and (not isinstance(self.devices, int) or self.devices < 1):
             bad("devices", "a positive integer or None (all local devices)")
         if self.devices is not None and not self.data_parallel:
@@ -125,6 +129,9 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             linear warm-up), `weight_decay` (decoupled, not on biases and
             normalization), `label_smoothing`, `precision`, `validation_split`,
             `augment` (random pad-crop and horizontal flip), `seed`, `jit_compile`,
+            `data_format` (the Keras image data format of the network during the
+            run: "recommended", the default, is
+            `backend.recommended_image_data_format()`, channels_first on torch),
             `data_parallel` (split each batch across `devices` local devices, all
             by default: jax and tensorflow backends; see `backend.DataParallel`).
 
@@ -143,7 +150,9 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
         return json.loads((out / "metrics.json").read_text())
 
     previous_policy = keras.mixed_precision.dtype_policy()
+    previous_format = keras.config.image_data_format()
     keras.mixed_precision.set_dtype_policy(config.precision)
+    keras.config.set_image_data_format(_data_format(config))
     try:
         return _run(out, config, verbose)
     except BaseException:
@@ -154,6 +163,13 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
         raise
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
+        keras.config.set_image_data_format(previous_format)
+
+
+def _data_format(config: TrainConfig) -> str:
+    if config.data_format == "recommended":
+        return backend.recommended_image_data_format()
+    return config.data_format
 
 
 def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
@@ -310,11 +326,10 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
         # written: a kill before the backup reruns the epoch, it never skips a write.
         callbacks.append(AtomicBackupAndRestore(state_dir / f"backup-{phase}"))
         model.fit(
-            *train_data,
-            batch_size=config.batch_size,
+            **backend.array_feed(*train_data, batch_size=config.batch_size, shuffle=True),
             epochs=end_epoch,
             initial_epoch=start_epoch,
-            validation_data=validation,
+            validation_data=_validation_feed(validation, config.batch_size),
             callbacks=callbacks,
             verbose=verbose,
         )
@@ -323,6 +338,14 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
         state_dir.mkdir(exist_ok=True)
         atomic_save(lambda p: model.save_weights(p), done_marker)
         start_epoch = end_epoch
+
+
+def _validation_feed(validation, batch_size: int):
+    """`fit`'s `validation_data` in the form `backend.array_feed` chose."""
+    if validation is None:
+        return None
+    feed = backend.array_feed(*validation, batch_size=batch_size)
+    return (feed["x"], feed["y"]) if "y" in feed else feed["x"]
 
 
 def _split(x, y, config: TrainConfig, replicas: int = 1):
@@ -403,6 +426,7 @@ def _run_summary(config: TrainConfig, data, n_train: int, history: list[dict]) -
         "batch_size": config.batch_size,
         "optimizer": config.optimizer,
         "precision": config.precision,
+        "data_format": _data_format(config),
         "train_images": n_train,
         "train_seconds": round(seconds, 3),
         "images_per_second": round(n_train * len(history) / seconds, 1) if seconds else None,

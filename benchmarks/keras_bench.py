@@ -100,6 +100,23 @@ def _compile_for_training(model, compile_kwargs):
     )
 
 
+def synthetic_images(batch: int, input_shape):
+    """A float batch made on the device, laid out as the input pipeline delivers it.
+
+    Under channels_first the pipeline ends in a `Permute` of NHWC images, so the
+    network sees a transposed NHWC batch (on torch, a view in channels_last
+    memory format, which the convolutions keep); the synthetic batch is made
+    the same way.
+    """
+    import keras
+
+    if keras.config.image_data_format() == "channels_first":
+        channels, height, width = input_shape
+        nhwc = keras.random.normal((batch, height, width, channels), seed=0)
+        return keras.ops.transpose(nhwc, (0, 3, 1, 2))
+    return keras.random.normal((batch, *input_shape), seed=0)
+
+
 def train_step_fn(model, x, y):
     """One synthetic training step (forward, loss, backward, SGD-momentum update)."""
     return lambda: model.train_on_batch(x, y)
@@ -117,7 +134,7 @@ def _measure(mode, batch, config, compile_kwargs) -> dict:
 
     kb.reset_peak_memory()
     model, input_shape = _build(config)
-    x = keras.random.normal((batch, *input_shape), seed=0)
+    x = synthetic_images(batch, input_shape)
     if mode == "train":
         _compile_for_training(model, compile_kwargs)
         y = keras.random.randint((batch,), 0, config["num_classes"], seed=1)
@@ -154,7 +171,7 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
     _compile_for_training(network, compile_kwargs)
     synthetic_step = train_step_fn(
         network,
-        keras.random.normal((batch, *input_shape), seed=0),
+        synthetic_images(batch, input_shape),
         keras.random.randint((batch,), 0, config["num_classes"], seed=1),
     )
 
@@ -162,10 +179,11 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
     synthetic_step()
     # Warm-up on full batches plus one batch of the epoch's remainder size, so
     # that every shape the epoch uses is compiled before the clock starts.
+    # The data is fed as training feeds it (`alexnet_k3.backend.array_feed`).
     remainder = len(x) % batch
     warm = config["warmup"] * batch + remainder
     start = time.perf_counter()
-    model.fit(x[:warm], y[:warm], batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    model.fit(**kb.array_feed(x[:warm], y[:warm], batch_size=batch, shuffle=True), verbose=0)
     compile_seconds = time.perf_counter() - start
 
     # As many synthetic images as the epoch has, half before and half after it,
@@ -174,7 +192,7 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
     steps, warmup = max(config["steps"], -(-num_steps // 2)), config["warmup"]
     before = common.time_steps(synthetic_step, kb.synchronize, warmup=warmup, steps=steps)
     start = time.perf_counter()
-    history = model.fit(x, y, batch_size=batch, epochs=1, shuffle=True, verbose=0)
+    history = model.fit(**kb.array_feed(x, y, batch_size=batch, shuffle=True), verbose=0)
     kb.synchronize(history.history)
     seconds = time.perf_counter() - start
     after = common.time_steps(synthetic_step, kb.synchronize, warmup=1, steps=steps)

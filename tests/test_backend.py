@@ -1,0 +1,93 @@
+"""The backend module's speed settings do what their docstrings say they do."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from alexnet_k3 import backend as kb
+from alexnet_k3.preprocessing import input_pipeline
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_keep_freed_memory_keeps_large_blocks_for_reuse():
+    # A fresh process: this one's heap already holds blocks freed by other tests.
+    script = textwrap.dedent(
+        """
+        import os
+        import numpy as np
+        from alexnet_k3.backend import keep_freed_memory
+
+        def resident():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+        def drop_after_free(mib):
+            block = np.ones(mib * 2**20 // 8)  # touches every page
+            before = resident()
+            del block
+            return (before - resident()) / 2**20
+
+        assert keep_freed_memory(False)
+        print(drop_after_free(96))
+        assert keep_freed_memory(True)
+        print(drop_after_free(96))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ)
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    settled, kept = (float(line) for line in out.stdout.split()[-2:])
+    assert settled > 80, f"glibc's own thresholds should unmap a freed 96 MiB block: {settled}"
+    assert kept < 16, f"keep_freed_memory() should keep it for reuse: {kept} MiB released"
+
+
+@pytest.mark.skipif(kb.name() != "torch", reason="torch's memory formats")
+def test_channels_first_pipeline_gives_torch_channels_last_memory():
+    # What recommended_image_data_format() relies on: the pipeline's Permute is
+    # a view of NHWC memory, which torch's convolutions keep as channels_last.
+    import torch
+
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        images = np.zeros((2, 32, 32, 3), dtype="uint8")
+        out = input_pipeline(64, augment=False)(images)
+    finally:
+        keras.config.set_image_data_format(previous)
+    assert tuple(out.shape) == (2, 3, 64, 64)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert kb.recommended_image_data_format() == "channels_first"
+
+
+def test_array_feed_gives_every_image_once_per_epoch_reshuffled():
+    x = np.arange(10, dtype="float32").reshape(10, 1)
+    y = np.arange(10, dtype="int64")
+    feed = kb.array_feed(x, y, batch_size=4, shuffle=True)
+    if kb.name() != "tensorflow":
+        assert feed["x"] is x and feed["y"] is y and feed["batch_size"] == 4 and feed["shuffle"]
+        return
+    dataset = feed["x"]
+    # Autotuning off: deleting an autotuned iterator waits for tf.data's optimizer thread.
+    assert dataset.options().autotune.enabled is False
+    epochs = []
+    for _ in range(3):
+        batches = [(bx.numpy()[:, 0], by.numpy()) for bx, by in dataset]
+        assert [len(by) for _, by in batches] == [4, 4, 2]
+        for bx, by in batches:
+            np.testing.assert_array_equal(bx, by)  # images stay with their labels
+        epochs.append(np.concatenate([by for _, by in batches]))
+        assert sorted(epochs[-1]) == list(range(10))
+    assert len({tuple(e) for e in epochs}) > 1  # a new order each epoch
+    images_only = kb.array_feed(x, batch_size=4)["x"]
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in images_only]), x)
