@@ -31,9 +31,11 @@ def tests(session: nox.Session, backend: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Check style and common bugs with ruff."""
+    """Check style, formatting and common bugs with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "alexnet_k3", "tests", "benchmarks", "noxfile.py")
+    paths = ["alexnet_k3", "tests", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session
@@ -95,8 +97,14 @@ def bench(session: nox.Session, backend: str) -> None:
     """Throughput of one Keras backend vs torchvision's AlexNet; -- args replace the quick look."""
     session.install(f".[{backend},torch]")
     session.run(
-        "alexnet-k3", "bench", "--backends", backend, "--baselines", BASELINES,
-        "--out", f"benchmarks/results/bench-{backend}.json",
+        "alexnet-k3",
+        "bench",
+        "--backends",
+        backend,
+        "--baselines",
+        BASELINES,
+        "--out",
+        f"benchmarks/results/bench-{backend}.json",
         *(session.posargs or BENCH_QUICK),
         env={"KERAS_BACKEND": backend},
     )
@@ -107,7 +115,14 @@ def bench_all(session: nox.Session) -> None:
     """Every Keras backend and both baselines, end to end included: table, JSON and PNG."""
     session.install(".[all]")
     session.run(
-        "alexnet-k3", "bench", "--backends", ",".join(BACKENDS), "--baselines", BASELINES,
-        "--end-to-end", "--out", "benchmarks/results/bench-all.json",
+        "alexnet-k3",
+        "bench",
+        "--backends",
+        ",".join(BACKENDS),
+        "--baselines",
+        BASELINES,
+        "--end-to-end",
+        "--out",
+        "benchmarks/results/bench-all.json",
         *(session.posargs or [*BENCH_QUICK, "--rounds", "3"]),
     )

@@ -50,7 +50,7 @@ def _tensorflow_distribution() -> str:
 
 
 def accelerator() -> str:
-    """"gpu" when the active backend computes on a GPU, else "cpu"."""
+    """ "gpu" when the active backend computes on a GPU, else "cpu"."""
     backend = name()
     if backend == "torch":
         import torch

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(channels_first on torch, channels_last on jax and tensorflow)",
     )
     train.add_argument(
-        "--data-parallel", action="store_true",
+        "--data-parallel",
+        action="store_true",
         help="split each batch across local devices (jax: keras.distribution.DataParallel, "
         "tensorflow: tf.distribute.MirroredStrategy)",
     )
@@ -322,4 +323,9 @@ def _info(args) -> int:
 
 
 COMMANDS = {
-    "info": _info,"train": _train, "evaluate": _evaluate, "convert": _convert, "compare": _compare}
+    "info": _info,
+    "train": _train,
+    "evaluate": _evaluate,
+    "convert": _convert,
+    "compare": _compare,
+}

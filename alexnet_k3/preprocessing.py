@@ -59,7 +59,10 @@ def input_pipeline(
             )
     layers.append(
         keras.layers.Resizing(
-            image_size, image_size, interpolation="bilinear", data_format="channels_last",
+            image_size,
+            image_size,
+            interpolation="bilinear",
+            data_format="channels_last",
             name="resize",
         )
     )
@@ -163,7 +166,10 @@ def imagenet_preprocess(
     else:
         new_h, new_w = int(resize_size * height / width), resize_size
     images = ops.image.resize(
-        images, (new_h, new_w), interpolation="bilinear", antialias=True,
+        images,
+        (new_h, new_w),
+        interpolation="bilinear",
+        antialias=True,
         data_format="channels_last",
     )
     if rounds_to_uint8:

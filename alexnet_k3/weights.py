@@ -246,9 +246,7 @@ def _describe_model(model) -> _ModelLayout:
     top = [e.layer for e in _CLASSIFIER if e.layer in present]
     if top and len(top) != len(_CLASSIFIER):
         missing = [e.layer for e in _CLASSIFIER if e.layer not in present]
-        raise WeightsError(
-            f"The model has the classifier layers {top} but not {missing}. {hint}"
-        )
+        raise WeightsError(f"The model has the classifier layers {top} but not {missing}. {hint}")
     has_top = bool(top)
     num_classes = None
     if has_top:
@@ -612,9 +610,9 @@ def _plan(model_layout: _ModelLayout, source: _Source, skip_mismatched_head: boo
     entries = model_layout.entries
     expected_keys = [source.key(e, p) for e in entries for p in _PARAMS]
     # A model without a top takes the convolutions of a full checkpoint.
-    ignored = set() if model_layout.has_top else {
-        source.key(e, p) for e in _CLASSIFIER for p in _PARAMS
-    }
+    ignored = (
+        set() if model_layout.has_top else {source.key(e, p) for e in _CLASSIFIER for p in _PARAMS}
+    )
     missing = [k for k in expected_keys if k not in source.tensors]
     expected_set = set(expected_keys)
     unexpected = [k for k in source.tensors if k not in expected_set and k not in ignored]
@@ -651,8 +649,7 @@ def _plan(model_layout: _ModelLayout, source: _Source, skip_mismatched_head: boo
     if problems:
         more = f" ({len(problems) - 1} more mismatch(es) after it)" if len(problems) > 1 else ""
         raise WeightsError(
-            f"{source.label} does not fit the model: {problems[0]}{more}. "
-            f"{_shape_hint(source)}"
+            f"{source.label} does not fit the model: {problems[0]}{more}. {_shape_hint(source)}"
         )
     plan = []
     for entry in entries:
@@ -668,8 +665,10 @@ def _key_message(source: _Source, missing, unexpected, model_layout) -> str:
         shown = ", ".join(keys[:4])
         return shown + (f", ... ({len(keys)} in all)" if len(keys) > 4 else "")
 
-    what = "a torchvision AlexNet state_dict" if source.layout == "torch" else (
-        "AlexNet(variant='torchvision') weights"
+    what = (
+        "a torchvision AlexNet state_dict"
+        if source.layout == "torch"
+        else ("AlexNet(variant='torchvision') weights")
     )
     parts = []
     if missing:
@@ -677,8 +676,10 @@ def _key_message(source: _Source, missing, unexpected, model_layout) -> str:
     if unexpected:
         parts.append(f"unexpected keys: {listing(unexpected)}")
     wanted = [source.key(e, p) for e in model_layout.entries for p in _PARAMS]
-    if source.layout == "torch" and source.tensors and all(
-        k.startswith("module.") for k in source.tensors
+    if (
+        source.layout == "torch"
+        and source.tensors
+        and all(k.startswith("module.") for k in source.tensors)
     ):
         hint = (
             "Every key starts with 'module.' (saved from DataParallel): strip that prefix "

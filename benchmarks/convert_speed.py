@@ -36,8 +36,12 @@ import torchvision
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
-    parser.add_argument("--backend", choices=("torch", "jax", "tensorflow"), default=None,
-                        help="Keras backend (default: $KERAS_BACKEND)")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "jax", "tensorflow"),
+        default=None,
+        help="Keras backend (default: $KERAS_BACKEND)",
+    )
     args = parser.parse_args(argv)
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend

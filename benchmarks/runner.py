@@ -53,67 +53,99 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "AlexNet in plain PyTorch. Each implementation runs in its own process.",
     )
     parser.add_argument(
-        "--backends", default="torch,jax,tensorflow",
+        "--backends",
+        default="torch,jax,tensorflow",
         help="comma-separated Keras backends to measure (torch, jax, tensorflow) or 'none'",
     )
     parser.add_argument(
-        "--baselines", default="torchvision-eager,torchvision-compile",
+        "--baselines",
+        default="torchvision-eager,torchvision-compile",
         help="comma-separated baselines (torchvision-eager, torchvision-compile) or 'none'",
     )
     parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
     parser.add_argument(
-        "--batch-size", nargs="+", default=None, metavar="N",
-        help="one or several batch sizes (space or comma separated); "
-        "default 16 on CPU, 256 on GPU",
+        "--batch-size",
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="one or several batch sizes (space or comma separated); default 16 on CPU, 256 on GPU",
     )
     parser.add_argument("--image-size", type=int, default=224, help="square input side")
     parser.add_argument("--precision", choices=common.PRECISIONS, default="float32")
     parser.add_argument(
-        "--jit", choices=("recommended", "on", "off", "auto"), default="recommended",
+        "--jit",
+        choices=("recommended", "on", "off", "auto"),
+        default="recommended",
         help="Keras jit_compile: 'recommended' = alexnet_k3.backend.recommended_compile_kwargs() "
         "(the package's default), 'auto' = Keras's own default. The baselines' jit is their "
         "name (torchvision-compile).",
     )
     parser.add_argument("--steps", type=int, default=None, help="measured steps (CPU 10, GPU 50)")
     parser.add_argument(
-        "--warmup", type=int, default=None,
+        "--warmup",
+        type=int,
+        default=None,
         help="warm-up steps before measuring, compilation included (CPU 2, GPU 10)",
     )
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "gpu"), default="auto",
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
         help="'auto': gpu when nvidia-smi lists one, else cpu",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="FILE.json; FILE.md and FILE.png go beside it"
     )
     parser.add_argument(
-        "--end-to-end", action="store_true",
+        "--end-to-end",
+        action="store_true",
         help="also time a real fit epoch (input pipeline included) for the Keras backends",
     )
-    parser.add_argument("--dataset", choices=("digits", "cifar10"), default="digits",
-                        help="dataset of the --end-to-end epoch")
-    parser.add_argument("--variant", choices=VARIANTS, default="torchvision",
-                        help="AlexNet variant (the baselines exist for 'torchvision' only)")
-    parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument(
-        "--data-format", choices=("recommended", "channels_last", "channels_first"),
-        default="recommended", help="Keras image_data_format of the Keras runs",
+        "--dataset",
+        choices=("digits", "cifar10"),
+        default="digits",
+        help="dataset of the --end-to-end epoch",
     )
     parser.add_argument(
-        "--torch-memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+        "--variant",
+        choices=VARIANTS,
+        default="torchvision",
+        help="AlexNet variant (the baselines exist for 'torchvision' only)",
+    )
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument(
+        "--data-format",
+        choices=("recommended", "channels_last", "channels_first"),
+        default="recommended",
+        help="Keras image_data_format of the Keras runs",
+    )
+    parser.add_argument(
+        "--torch-memory-format",
+        choices=("auto", "channels_last", "contiguous"),
+        default="auto",
         help="memory format of the torchvision baselines ('auto': channels_last, measured "
         "faster on CPU, the standard choice on GPU)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=1,
+        "--rounds",
+        type=int,
+        default=1,
         help="measure every implementation this many times, in turn, and keep each one's "
         "median round: on a shared machine, load that changes over minutes then hits all alike",
     )
-    parser.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds one worker process may run before it is killed")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds one worker process may run before it is killed",
+    )
     parser.add_argument("--note", default=None, help="a line saved with the results")
     parser.add_argument(
-        "--from-json", type=Path, default=None, metavar="FILE.json",
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
         help="measure nothing: print the table of a saved run and rewrite its .md and .png",
     )
     parser.add_argument("--verbose", action="store_true", help="relay the workers' whole output")
@@ -135,8 +167,9 @@ def _check(parser, args) -> None:
     ):
         unknown = [v for v in values if v not in allowed]
         if unknown:
-            parser.error(f"{flag}: unknown {unknown}, expected a comma-separated subset of "
-                         f"{list(allowed)}")
+            parser.error(
+                f"{flag}: unknown {unknown}, expected a comma-separated subset of {list(allowed)}"
+            )
     if not backends and not baselines:
         parser.error("nothing to measure: --backends and --baselines are both empty")
     if not modes:
@@ -158,8 +191,10 @@ def _check(parser, args) -> None:
     args.steps = steps if args.steps is None else args.steps
     args.warmup = warmup if args.warmup is None else args.warmup
     if args.steps < 1 or args.warmup < 1:
-        parser.error(f"--steps and --warmup must be >= 1 (warm-up holds the compilation), "
-                     f"received --steps {args.steps} --warmup {args.warmup}")
+        parser.error(
+            f"--steps and --warmup must be >= 1 (warm-up holds the compilation), "
+            f"received --steps {args.steps} --warmup {args.warmup}"
+        )
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, received {args.rounds}")
     if args.image_size < 1 or args.num_classes < 1:
@@ -169,7 +204,7 @@ def _check(parser, args) -> None:
 
 
 def _detect_device() -> str:
-    """"gpu" when nvidia-smi lists a GPU (without importing any framework), else "cpu"."""
+    """ "gpu" when nvidia-smi lists a GPU (without importing any framework), else "cpu"."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return "cpu"
@@ -232,10 +267,14 @@ def _report_saved(path: Path, out: Path | None) -> int:
     records = json.loads(path.read_text())
     first = next((r for r in records if r["mode"] != common.E2E_MODE), records[0])
     config = {
-        "variant": first.get("variant"), "image_size": first.get("image_size"),
-        "precision": first.get("precision"), "jit": first.get("jit_requested"),
-        "device": first.get("device_type"), "steps": first.get("steps"),
-        "warmup": first.get("warmup"), "rounds": first.get("rounds") or 1,
+        "variant": first.get("variant"),
+        "image_size": first.get("image_size"),
+        "precision": first.get("precision"),
+        "jit": first.get("jit_requested"),
+        "device": first.get("device_type"),
+        "steps": first.get("steps"),
+        "warmup": first.get("warmup"),
+        "rounds": first.get("rounds") or 1,
     }
     add_ratios(records)
     table = format_table(records, config)
@@ -262,8 +301,15 @@ def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool 
     with tempfile.TemporaryDirectory(prefix="alexnet-k3-bench-") as tmp:
         config_path, result_path = Path(tmp, "config.json"), Path(tmp, "records.json")
         config_path.write_text(json.dumps(config))
-        command = [sys.executable, "-m", "benchmarks.runner", "--worker", impl,
-                   str(config_path), str(result_path)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.runner",
+            "--worker",
+            impl,
+            str(config_path),
+            str(result_path),
+        ]
         returncode, tail, timed_out = _stream(command, env, timeout, verbose)
         records = json.loads(result_path.read_text()) if result_path.exists() else []
     if returncode != 0 or not records:
@@ -276,7 +322,8 @@ def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool 
         last = next((line for line in reversed(tail) if line.strip()), "")
         done = {(r["mode"], r["batch_size"]) for r in records}
         records += [
-            r for r in common.error_records(impl, config, reason, detail=last or None)
+            r
+            for r in common.error_records(impl, config, reason, detail=last or None)
             if (r["mode"], r["batch_size"]) not in done
         ]
     return records
@@ -286,7 +333,11 @@ def _stream(command, env, timeout, verbose):
     """Runs `command`, relaying `[bench]` lines (all lines if verbose) to stderr."""
     tail = collections.deque(maxlen=40)
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         errors="replace",
     )
     expired = threading.Event()
@@ -331,7 +382,8 @@ def _worker_main(argv: list[str]) -> int:
         records = list(common.RESULT_SINK["records"])
         done = {(r["mode"], r["batch_size"]) for r in records}
         rest = [
-            r for r in common.error_records(
+            r
+            for r in common.error_records(
                 impl, config, failure[0], detail=common.short_error(failure[1], limit=2000)
             )
             if (r["mode"], r["batch_size"]) not in done
@@ -355,8 +407,9 @@ def merge_rounds(records: list[dict]) -> list[dict]:
         groups.setdefault((record["impl"], record["mode"], record["batch_size"]), []).append(record)
     merged = []
     for group in groups.values():
-        good = sorted((r for r in group if r.get("images_per_sec")),
-                      key=lambda r: r["images_per_sec"])
+        good = sorted(
+            (r for r in group if r.get("images_per_sec")), key=lambda r: r["images_per_sec"]
+        )
         chosen = dict(good[(len(good) - 1) // 2] if good else group[0])
         chosen["rounds"] = len(group)
         chosen["rounds_images_per_sec"] = [r.get("images_per_sec") for r in group]
@@ -449,8 +502,11 @@ def save(records: list[dict], table: str, out: Path) -> None:
     header += [f"- {impl}: {text}" for impl, text in versions.items()] + [""]
     out.with_suffix(".md").write_text("\n".join(header) + "\n" + table + "\n")
     chart = plot(records, out.with_suffix(".png"))
-    print(f"[bench] wrote {out}, {out.with_suffix('.md')}"
-          + (f", {chart}" if chart else " (no chart: matplotlib missing)"), file=sys.stderr)
+    print(
+        f"[bench] wrote {out}, {out.with_suffix('.md')}"
+        + (f", {chart}" if chart else " (no chart: matplotlib missing)"),
+        file=sys.stderr,
+    )
 
 
 def plot(records: list[dict], path: Path) -> Path | None:
@@ -483,11 +539,23 @@ def plot(records: list[dict], path: Path) -> Path | None:
                 label = "oom" if r["error"] == "oom" else r["error"].split(":")[0][:12]
                 ax.text(x, top * 0.02, label, rotation=90, ha="center", va="bottom", fontsize=7)
             elif r.get("e2e_ratio"):
-                ax.text(x, value, f"{r['e2e_ratio']:.0%}\nof synth.", ha="center",
-                        va="bottom", fontsize=7)
+                ax.text(
+                    x,
+                    value,
+                    f"{r['e2e_ratio']:.0%}\nof synth.",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
             elif r.get("ratio_vs_torchvision_eager"):
-                ax.text(x, value, f"{r['ratio_vs_torchvision_eager']:.2f}x", ha="center",
-                        va="bottom", fontsize=7)
+                ax.text(
+                    x,
+                    value,
+                    f"{r['ratio_vs_torchvision_eager']:.2f}x",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
         ax.bar(xs, heights, width, label=impl)
     ax.set_xticks(range(len(groups)), [f"{m}\nbatch {b}" for m, b in groups])
     ax.set_ylabel("images / s")

@@ -152,10 +152,20 @@ def _malloc_ab(args) -> int:
     for _ in range(args.rounds):
         for impl in impls:
             for kept in (0, 1):
-                command = [sys.executable, "-m", "benchmarks.settings_ab", "--child", impl,
-                           str(kept), "--steps", str(args.steps),
-                           "--batch-size", str(args.batch_size),
-                           "--image-size", str(args.image_size)]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.settings_ab",
+                    "--child",
+                    impl,
+                    str(kept),
+                    "--steps",
+                    str(args.steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--image-size",
+                    str(args.image_size),
+                ]
                 out = subprocess.run(command, capture_output=True, text=True, check=True)
                 seconds = float(out.stdout.strip().splitlines()[-1])
                 times[f"{impl}{'+kept' if kept else ''}"].append(seconds)

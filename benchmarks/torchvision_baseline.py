@@ -55,7 +55,8 @@ def run(impl: str, config: dict) -> list[dict]:
         device_name = common.cpu_name()
     memory_format = config.get("torch_memory_format", "auto")
     channels_last = (
-        channels_last_default(config["device"]) if memory_format == "auto"
+        channels_last_default(config["device"])
+        if memory_format == "auto"
         else memory_format == "channels_last"
     )
     shared = dict(

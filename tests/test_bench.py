@@ -59,8 +59,10 @@ def backend_oom_error() -> Exception:
     import tensorflow as tf
 
     return tf.errors.ResourceExhaustedError(
-        None, None, "OOM when allocating tensor with shape[4,64,55,55] and type float on "
-        "/job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc"
+        None,
+        None,
+        "OOM when allocating tensor with shape[4,64,55,55] and type float on "
+        "/job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc",
     )
 
 
@@ -86,8 +88,9 @@ def worker_records():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(keras_bench, "train_step_fn", train_step_fn)
         # A 37-image slice of the digits keeps the epoch short and leaves a partial batch.
-        patch.setattr(keras_bench, "load_dataset", lambda name: (digits[0][:37], digits[1][:37],
-                                                                 digits[2]))
+        patch.setattr(
+            keras_bench, "load_dataset", lambda name: (digits[0][:37], digits[1][:37], digits[2])
+        )
         try:
             yield keras_bench.run(IMPL, TINY)
         finally:
@@ -164,8 +167,9 @@ def test_end_to_end_ratio(worker_records):
     assert e2e["epoch_images"] == 37 and e2e["dataset"] == "digits"
     assert e2e["synthetic_images_per_sec"] > 0
     assert e2e["synthetic_before_images_per_sec"] > 0 and e2e["synthetic_after_images_per_sec"] > 0
-    assert e2e["e2e_ratio"] == pytest.approx(e2e["images_per_sec"] / e2e[
-        "synthetic_images_per_sec"])
+    assert e2e["e2e_ratio"] == pytest.approx(
+        e2e["images_per_sec"] / e2e["synthetic_images_per_sec"]
+    )
 
 
 def test_out_of_memory_classification():
@@ -180,16 +184,35 @@ def test_parent_runs_workers_and_computes_ratios(tmp_path, capsys):
     if importlib.util.find_spec("torchvision") is None:
         pytest.skip("torchvision is not installed")
     out = tmp_path / "bench.json"
-    code = runner.main([
-        "--backends", BACKEND, "--baselines", "torchvision-eager", "--modes", "train",
-        "--image-size", "64", "--batch-size", "2", "--steps", "1", "--warmup", "1",
-        "--device", "cpu", "--out", str(out),
-    ])
+    code = runner.main(
+        [
+            "--backends",
+            BACKEND,
+            "--baselines",
+            "torchvision-eager",
+            "--modes",
+            "train",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     table = capsys.readouterr().out
     assert code == 0
     records = json.loads(out.read_text())
     assert [(r["impl"], r["mode"], r["batch_size"]) for r in records] == [
-        ("torchvision-eager", "train", 2), (IMPL, "train", 2)]
+        ("torchvision-eager", "train", 2),
+        (IMPL, "train", 2),
+    ]
     baseline, keras_record = records
     for record in records:
         assert set(common.RECORD_KEYS) <= set(record)
@@ -214,17 +237,31 @@ def test_missing_backend_reported(tmp_path, monkeypatch, capsys):
     framework = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}[BACKEND]
     shadow = tmp_path / "shadow" / framework
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(textwrap.dedent(f"""
+    (shadow / "__init__.py").write_text(
+        textwrap.dedent(f"""
         raise ModuleNotFoundError("No module named {framework!r}", name={framework!r})
-    """))
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(shadow.parent),
-                                                    os.environ.get("PYTHONPATH")]))
+    """)
     )
-    code = runner.main([
-        "--backends", BACKEND, "--baselines", "none", "--modes", "train,infer",
-        "--batch-size", "2", "--device", "cpu", "--out", str(tmp_path / "m.json"),
-    ])
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")])),
+    )
+    code = runner.main(
+        [
+            "--backends",
+            BACKEND,
+            "--baselines",
+            "none",
+            "--modes",
+            "train,infer",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     table = capsys.readouterr().out
     assert code == 1  # nothing was measured
     records = json.loads((tmp_path / "m.json").read_text())
@@ -240,7 +277,11 @@ def test_worker_that_dies_is_recorded():
     config = {**TINY, "end_to_end": False}
     records = runner.run_impl(IMPL, config, timeout=0.5)
     assert [(r["mode"], r["batch_size"]) for r in records] == [
-        ("train", 2), ("train", 4), ("infer", 2), ("infer", 4)]
+        ("train", 2),
+        ("train", 4),
+        ("infer", 2),
+        ("infer", 4),
+    ]
     for record in records:
         assert record["error"] == "worker timed out after 0.5 s"
         assert set(common.RECORD_KEYS) <= set(record)
@@ -258,8 +299,9 @@ def test_bad_arguments_say_what_was_received(capsys):
 def test_table_from_records_without_a_run():
     config = {**TINY, "variant": "torchvision", "image_size": 224}
     records = [
-        common.new_record("torchvision-eager", "train", 16, config, images_per_sec=10.0,
-                          device="cpu0"),
+        common.new_record(
+            "torchvision-eager", "train", 16, config, images_per_sec=10.0, device="cpu0"
+        ),
         common.new_record("torchvision-compile", "train", 16, config, error="oom"),
         common.new_record(IMPL, "train", 16, config, images_per_sec=15.0, device="cpu0"),
     ]

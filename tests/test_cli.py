@@ -17,7 +17,10 @@ BACKEND = keras.config.backend()
 def _cli(*args, env_backend=BACKEND):
     env = {**os.environ, "KERAS_BACKEND": env_backend}
     return subprocess.run(
-        [sys.executable, "-m", "alexnet_k3", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "alexnet_k3", *args],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -69,9 +72,16 @@ def test_compare_writes_the_table_the_notebooks_made_by_hand(tmp_path, capsys):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(
             json.dumps(
-                dict(backend=name, variant="cifar", mode="scratch", epochs=3,
-                     test_accuracy=accuracy, test_loss=0.3, train_seconds=12.5,
-                     images_per_second=321.0)
+                dict(
+                    backend=name,
+                    variant="cifar",
+                    mode="scratch",
+                    epochs=3,
+                    test_accuracy=accuracy,
+                    test_loss=0.3,
+                    train_seconds=12.5,
+                    images_per_second=321.0,
+                )
             )
         )
     out = tmp_path / "compare.md"

@@ -32,8 +32,8 @@ def test_random_pad_crop_is_an_exact_whole_pixel_shift_per_image():
 def test_pipeline_scales_resizes_and_normalizes():
     images = np.full((2, 32, 32, 3), 255, dtype="uint8")
     out = keras.ops.convert_to_numpy(input_pipeline(64)(images))
-    expected_shape = (2, 3, 64, 64) if keras.config.image_data_format() == "channels_first" else (
-        2, 64, 64, 3
+    expected_shape = (
+        (2, 3, 64, 64) if keras.config.image_data_format() == "channels_first" else (2, 64, 64, 3)
     )
     assert out.shape == expected_shape
     channel_axis = 1 if keras.config.image_data_format() == "channels_first" else -1

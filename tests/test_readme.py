@@ -51,7 +51,7 @@ def test_readme_commands_are_all_accounted_for():
         elif argv[:2] == ["pip", "install"]:
             target = argv[2]
             if target == "nox":
-                assert "install --quiet \"nox" in ci
+                assert 'install --quiet "nox' in ci
             else:
                 named = re.fullmatch(r"alexnet-k3\[(\w+)\]", target)
                 assert named and named.group(1) in extras, target
@@ -65,7 +65,11 @@ def test_readme_commands_are_all_accounted_for():
 def _run(argv, cwd, env, expect_ok=True):
     result = subprocess.run(
         [sys.executable, "-m", "alexnet_k3", *argv[1:]],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if expect_ok:
         assert result.returncode == 0, f"{argv}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"

@@ -41,14 +41,30 @@ def test_training_on_the_digits_learns(digits_run):
 def test_run_folder_holds_every_output(digits_run):
     out, metrics = digits_run
     for name in (
-        "model.keras", "history.json", "history.csv", "metrics.json", "report.md",
-        "curves.png", "confusion_matrix.png", "per_class_accuracy.png", "samples.png",
+        "model.keras",
+        "history.json",
+        "history.csv",
+        "metrics.json",
+        "report.md",
+        "curves.png",
+        "confusion_matrix.png",
+        "per_class_accuracy.png",
+        "samples.png",
     ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     for key in (
-        "backend", "dataset", "variant", "mode", "epochs", "test_accuracy", "test_loss",
-        "per_class_accuracy", "confusion_matrix", "train_seconds", "images_per_second",
+        "backend",
+        "dataset",
+        "variant",
+        "mode",
+        "epochs",
+        "test_accuracy",
+        "test_loss",
+        "per_class_accuracy",
+        "confusion_matrix",
+        "train_seconds",
+        "images_per_second",
     ):
         assert key in saved, key
     assert len((out / "history.csv").read_text().strip().splitlines()) == 1 + 6
@@ -91,8 +107,12 @@ def test_saved_model_evaluates_identically_in_a_new_process(digits_run, tmp_path
 def _cli(args, backend=BACKEND, **kwargs):
     env = {**os.environ, "KERAS_BACKEND": backend}
     return subprocess.run(
-        [sys.executable, "-m", "alexnet_k3", *args], env=env, capture_output=True, text=True,
-        timeout=600, **kwargs,
+        [sys.executable, "-m", "alexnet_k3", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
     )
 
 
@@ -101,8 +121,22 @@ def test_run_killed_mid_epoch_resumes_to_the_same_number_of_epochs(tmp_path):
     data = write_cifar10(tmp_path / "data", n_train=400, n_test=50)
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "alexnet_k3", "train", "--dataset", "cifar10", "--data-dir",
-        str(data), "--epochs", "3", "--batch-size", "16", "--verbose", "2", "--out", str(out),
+        sys.executable,
+        "-m",
+        "alexnet_k3",
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--verbose",
+        "2",
+        "--out",
+        str(out),
     ]
     env = {**os.environ, "KERAS_BACKEND": BACKEND}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -119,7 +153,10 @@ def test_run_killed_mid_epoch_resumes_to_the_same_number_of_epochs(tmp_path):
 
     resumed = subprocess.run(
         [*command[:4], "--out", str(out), "--resume", "--verbose", "2"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # Keras announces the first epoch it runs: the resumed run starts after the backup.

@@ -55,8 +55,8 @@ def torch_forward(module, images_nchw):
 
 
 def any_size_shape():
-    return (3, None, None) if keras.config.image_data_format() == "channels_first" else (
-        None, None, 3
+    return (
+        (3, None, None) if keras.config.image_data_format() == "channels_first" else (None, None, 3)
     )
 
 
@@ -249,8 +249,13 @@ def test_transfer_head_and_frozen_features(checkpoint, converted, loaded, tmp_pa
     with pytest.raises(W.WeightsError) as info:
         ak.load_torchvision_weights(model, checkpoint)
     message = str(info.value)
-    for fragment in (str(checkpoint), "classifier.6.weight", "(1000, 4096)", "(10, 4096)",
-                     "skip_mismatched_head=True"):
+    for fragment in (
+        str(checkpoint),
+        "classifier.6.weight",
+        "(1000, 4096)",
+        "(10, 4096)",
+        "skip_mismatched_head=True",
+    ):
         assert fragment in message, message
     assert_same_weights(model, weights)
     model.get_layer("fc7").set_weights([np.zeros((4096, 4096)), np.zeros(4096)])
@@ -463,8 +468,13 @@ def test_another_architecture(tmp_path, loaded):
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     _refuse(
-        model, expected, path, str(path), "missing keys: features.0.weight",
-        "unexpected keys: conv1.weight", "another architecture",
+        model,
+        expected,
+        path,
+        str(path),
+        "missing keys: features.0.weight",
+        "unexpected keys: conv1.weight",
+        "another architecture",
     )
 
 
@@ -473,8 +483,10 @@ def test_another_architecture(tmp_path, loaded):
     [
         # The first bad key is named with both shapes, the rest counted.
         (
-            {"features__3__weight": torch.zeros(192, 64, 3, 3),
-             "classifier__4__weight": torch.zeros(4096, 4095)},
+            {
+                "features__3__weight": torch.zeros(192, 64, 3, 3),
+                "classifier__4__weight": torch.zeros(4096, 4095),
+            },
             ("features.3.weight", "(192, 64, 5, 5)", "(192, 64, 3, 3)", "1 more"),
         ),
         # Only the last layers are bad: the valid convolutions before them must not
