@@ -1,6 +1,6 @@
 """Keras callbacks for runs that can be killed at any moment and resumed.
 
-Every file goes through `alexnet_k3.files`' write-then-rename, so a run killed
+Every file goes through `alexnet_k3.core`'s write-then-rename, so a run killed
 mid-write leaves the previous complete file, never a truncated one.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from alexnet_k3.files import atomic_save, atomic_write_text
+from alexnet_k3.core import atomic_save, atomic_write_text
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):

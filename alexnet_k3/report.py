@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_k3.files import atomic_write_text
+from alexnet_k3.core import atomic_write_text
 
 # (title, metrics key, decimals for floats)
 COMPARE_COLUMNS = [

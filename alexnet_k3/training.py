@@ -24,7 +24,7 @@ from alexnet_k3.callbacks import (
     HistoryWriter,
     load_history,
 )
-from alexnet_k3.files import atomic_save, atomic_write_text
+from alexnet_k3.core import atomic_save, atomic_write_text
 from alexnet_k3.model import VARIANTS, AlexNet
 from alexnet_k3.preprocessing import input_pipeline
 

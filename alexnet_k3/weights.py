@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_k3 import preprocessing
-from alexnet_k3.files import atomic_save
+from alexnet_k3.core import atomic_save
 
 
 class WeightsError(ValueError):

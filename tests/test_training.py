@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from cifar_files import write_cifar10
 
-from alexnet_k3.files import atomic_save
+from alexnet_k3.core import atomic_save
 from alexnet_k3.training import train
 
 BACKEND = keras.config.backend()

@@ -1,0 +1,135 @@
+"""What the CLI, training and the benchmark parent share without importing Keras.
+
+This module imports neither Keras nor a backend framework (a test enforces it):
+the command line must parse its arguments, and the benchmark parent must start
+its workers, before any backend is chosen. Everything here is typed once and
+imported wherever it is needed:
+
+- the option vocabularies (backends, datasets, variants, optimizers, precisions,
+  data formats, jit settings);
+- `is_out_of_memory`, the one out-of-memory classifier (training, the Keras
+  benchmark worker and the torchvision baseline all use it);
+- `cpu_name`, the host CPU's model name;
+- atomic file writes: a kill at any instant leaves the old file or the new one,
+  never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+# --- Option vocabularies ------------------------------------------------------------
+
+BACKENDS = ("torch", "tensorflow", "jax")
+DATASETS = ("digits", "cifar10")
+# The AlexNet variants (`alexnet_k3.model.VARIANTS` holds their configurations).
+VARIANTS = ("torchvision", "paper", "cifar")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
+# Keras dtype policies.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+IMAGE_DATA_FORMATS = ("channels_last", "channels_first")
+# "recommended": `alexnet_k3.backend.recommended_image_data_format()`.
+DATA_FORMATS = ("recommended", *IMAGE_DATA_FORMATS)
+# Keras's `jit_compile` values, by the words the command line takes for them.
+JIT_SETTINGS = {"on": True, "off": False, "auto": "auto"}
+
+
+# --- Out of memory ------------------------------------------------------------------
+
+# Class names of the frameworks' out-of-memory errors, matched along the exception's
+# MRO so that no framework has to be imported to recognise them: torch's
+# `torch.OutOfMemoryError` (also `torch.cuda.OutOfMemoryError`) and tensorflow's
+# `tf.errors.ResourceExhaustedError`.
+_OOM_TYPES = ("OutOfMemoryError", "ResourceExhaustedError")
+
+# Lower-case fragments of out-of-memory messages, for errors whose type says
+# nothing (jax raises XlaRuntimeError, many wrappers re-raise RuntimeError):
+# torch "CUDA out of memory", XLA "RESOURCE_EXHAUSTED: Out of memory", tensorflow
+# "OOM when allocating tensor", host allocators "failed to allocate" and
+# "Cannot allocate memory" (ENOMEM).
+_OOM_MARKERS = (
+    "out of memory",
+    "resource_exhausted",
+    "resourceexhausted",
+    "oom when allocating",
+    "failed to allocate",
+    "cannot allocate memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when `exc` means the device (or host) ran out of memory for this batch.
+
+    Example:
+        >>> is_out_of_memory(MemoryError())
+        True
+        >>> is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+        True
+        >>> is_out_of_memory(ValueError("bad shape"))
+        False
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    if any(cls.__name__ in _OOM_TYPES for cls in type(exc).__mro__):
+        return True
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(marker in text for marker in _OOM_MARKERS)
+
+
+# --- The host ---------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """The host CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+# --- Atomic writes ------------------------------------------------------------------
+# Each file is written under a temporary name in the same folder, flushed, and
+# renamed over the target: `os.replace` is atomic on POSIX and Windows.
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path, value, **dump_kwargs) -> None:
+    """`json.dumps(value)` written atomically (see `atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(value, **dump_kwargs))
+
+
+def atomic_save(save, path) -> None:
+    """Calls `save(tmp_path)` then renames the result to `path`.
+
+    The temporary name keeps the real suffix (`.keras`, `.weights.h5`), which
+    Keras's savers require; if `save` fails, the partial file is removed and
+    `path` keeps its previous content.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
