@@ -245,6 +245,22 @@ def recommended_image_data_format() -> str:
     return "channels_first" if name() == "torch" else "channels_last"
 
 
+def check_image_data_format(data_format: str) -> None:
+    """Raises ValueError when the active backend cannot run convolutions in `data_format` here.
+
+    TensorFlow has no NCHW (channels_first) convolution or pooling kernels on a
+    CPU: a model built that way fails inside TensorFlow at its first step
+    (`UnimplementedError`). This says so before anything runs.
+    """
+    if data_format == "channels_first" and name() == "tensorflow" and accelerator() != "gpu":
+        raise ValueError(
+            "data_format='channels_first' was asked for on the tensorflow backend without a "
+            "GPU, but TensorFlow has no channels_first convolutions on a CPU. Use "
+            "channels_last (or 'recommended', which is channels_last on tensorflow), or "
+            "another backend."
+        )
+
+
 def recommended_precision() -> str:
     """The Keras dtype policy to train with: "mixed_bfloat16" or "float32".
 
@@ -307,23 +323,30 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return any(marker in text for marker in _OOM_MARKERS)
 
 
-def tune_for_speed() -> None:
+def tune_for_speed(*, keep_freed: bool = True) -> dict:
     """Process-wide settings for fixed-shape training; call before building a model.
 
     - torch on CUDA: `cudnn.benchmark` (autotune each convolution once per input
       shape, as timm's benchmark and training scripts do). XLA autotunes on its own.
-    - torch on a CPU, Linux with glibc: `keep_freed_memory()`. jax and tensorflow
-      measured no different with it (their step times within 4%, either way), so
-      they are left as they are.
+    - torch on a CPU, Linux with glibc, unless `keep_freed=False`:
+      `keep_freed_memory()`. jax and tensorflow measured no different with it
+      (their step times within 4%, either way), so they are left as they are.
+
+    Returns:
+        What was applied, for the run's records: `{"cudnn_benchmark": bool,
+        "keep_freed_memory": bool}`.
     """
+    applied = {"cudnn_benchmark": False, "keep_freed_memory": False}
     if name() != "torch":
-        return
+        return applied
     import torch
 
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-    else:
-        keep_freed_memory()
+        applied["cudnn_benchmark"] = True
+    elif keep_freed:
+        applied["keep_freed_memory"] = keep_freed_memory()
+    return applied
 
 
 # glibc's mallopt parameters (malloc.h). Left alone, glibc raises its mmap

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -24,90 +24,13 @@ from alexnet_k3.callbacks import (
     HistoryWriter,
     load_history,
 )
-from alexnet_k3.core import atomic_save, atomic_write_text
+from alexnet_k3.config import TrainConfig
+from alexnet_k3.core import DEFAULT_LEARNING_RATES, atomic_save, atomic_write_text
 from alexnet_k3.model import VARIANTS, AlexNet
 from alexnet_k3.preprocessing import input_pipeline
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-DATA_FORMATS = ("recommended", "channels_last", "channels_first")
-DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 # Mirrored digits are other symbols; mirrored photos are still the same class.
 FLIP_AUGMENTATION = {"cifar10": True, "digits": False}
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run; saved as `config.json` so `resume` can rebuild it exactly."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    variant: str = "cifar"
-    image_size: int | None = None
-    weights: str | None = None
-    freeze_epochs: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    learning_rate: float | None = None
-    warmup_epochs: int = 1
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    precision: str = "float32"
-    validation_split: float = 0.1
-    augment: bool = True
-    seed: int = 0
-    jit_compile: bool | str = "auto"
-    data_format: str = "recommended"
-    data_parallel: bool = False
-    devices: int | None = None
-
-    def validate(self) -> None:
-        def bad(name, expected):
-            value = getattr(self, name)
-            raise ValueError(f"`{name}` must be {expected}, received {name}={value!r}.")
-
-        if self.dataset not in datasets.DATASETS:
-            bad("dataset", f"one of {datasets.DATASETS}")
-        if self.variant not in VARIANTS:
-            bad("variant", f"one of {sorted(VARIANTS)}")
-        if self.image_size is not None and (
-            not isinstance(self.image_size, int) or self.image_size < 1
-        ):
-            bad("image_size", "a positive integer or None (the variant's native size)")
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                bad(name, "a positive integer")
-        if not isinstance(self.freeze_epochs, int) or not 0 <= self.freeze_epochs <= self.epochs:
-            bad("freeze_epochs", f"an integer from 0 to epochs={self.epochs}")
-        if self.freeze_epochs and self.weights is None:
-            bad("freeze_epochs", "0 without pretrained `weights` (there is nothing to freeze)")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", f"one of {OPTIMIZERS}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            bad("learning_rate", "a positive number")
-        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            bad("warmup_epochs", "a non-negative integer")
-        if not self.weight_decay >= 0:
-            bad("weight_decay", "a non-negative number")
-        if not 0 <= self.label_smoothing < 1:
-            bad("label_smoothing", "in [0, 1)")
-        if self.precision not in PRECISIONS:
-            bad("precision", f"one of {PRECISIONS}")
-        if not 0 <= self.validation_split < 1:
-            bad("validation_split", "in [0, 1)")
-        if self.jit_compile not in (True, False, "auto"):
-            bad("jit_compile", "True, False or 'auto'")
-        if self.data_format not in DATA_FORMATS:
-            bad("data_format", f"one of {DATA_FORMATS}")
-        if self.devices is not None and (not isinstance(self.devices, int) or self.devices < 1):
-            bad("devices", "a positive integer or None (all local devices)")
-        if self.devices is not None and not self.data_parallel:
-            bad("devices", "None unless data_parallel=True")
-
-    @property
-    def mode(self) -> str:
-        return "transfer" if self.weights else "scratch"
 
 
 def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dict:
@@ -133,7 +56,9 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             run: "recommended", the default, is
             `backend.recommended_image_data_format()`, channels_first on torch),
             `data_parallel` (split each batch across `devices` local devices, all
-            by default: jax and tensorflow backends; see `backend.DataParallel`).
+            by default: jax and tensorflow backends; see `backend.DataParallel`),
+            `keep_freed_memory` (torch on a CPU: `backend.keep_freed_memory()`, a
+            process-wide glibc setting, on by default; recorded in `metrics.json`).
 
     Returns:
         The metrics dict also written to `out/metrics.json`.
@@ -198,6 +123,7 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
         )
     config = TrainConfig(**settings)
     config.validate()
+    backend.check_image_data_format(_data_format(config))
     _data_parallel(config)  # refuse an impossible device setup before writing anything
     if config_path.exists():
         raise FileExistsError(
@@ -252,7 +178,7 @@ def build_classifier(
 
 def _run(out: Path, config: TrainConfig, verbose) -> dict:
     keras.utils.set_random_seed(config.seed)
-    backend.tune_for_speed()
+    speed_settings = backend.tune_for_speed(keep_freed=config.keep_freed_memory)
     data = datasets.load_dataset(config.dataset, data_dir=config.data_dir)
     parallel = _data_parallel(config)
     replicas = parallel.num_replicas if parallel else 1
@@ -282,7 +208,7 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
     metrics = evaluate_arrays(best, data.x_test, data.y_test, data.class_names, config.batch_size)
     history = load_history(history_path)
     metrics.update(_run_summary(config, data, len(x_train), history))
-    metrics.update(devices=replicas, replicas_holding_weights=holding)
+    metrics.update(devices=replicas, replicas_holding_weights=holding, **speed_settings)
     from alexnet_k3 import report
 
     report.write_run(out, metrics, history, best, data)
@@ -314,8 +240,13 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
             start_epoch = end_epoch
             continue
         _set_features_trainable(model, phase != "head")
-        num_classes = train_data[1].shape[1]
-        _compile(model, config, num_classes, len(train_data[0]), end_epoch - start_epoch)
+        compile_model(
+            model,
+            config,
+            num_classes=train_data[1].shape[1],
+            steps_per_epoch=-(-len(train_data[0]) // config.batch_size),
+            epochs=end_epoch - start_epoch,
+        )
         callbacks = [HistoryWriter(history_path, phase=phase), keras.callbacks.TerminateOnNaN()]
         if validation is not None:
             checkpoint = BestModelCheckpoint(
@@ -375,8 +306,33 @@ def _set_features_trainable(model: keras.Model, trainable: bool) -> None:
             layer.trainable = trainable
 
 
-def _compile(model, config: TrainConfig, num_classes: int, n_train: int, epochs: int) -> None:
-    steps_per_epoch = -(-n_train // config.batch_size)
+def compile_model(
+    model,
+    config: TrainConfig,
+    *,
+    num_classes: int,
+    steps_per_epoch: int,
+    epochs: int,
+    metrics: bool = True,
+) -> None:
+    """Compiles `model` as training does: optimizer, schedule, weight decay, loss, metrics.
+
+    The loss takes one-hot labels and the model's logits. Benchmarks call this
+    too, so that what they time is what `train` runs.
+
+    Args:
+        model: the classifier (logits out).
+        config: the run's settings; `optimizer`, `learning_rate`,
+            `warmup_epochs`, `weight_decay`, `label_smoothing` and `jit_compile`
+            are used.
+        num_classes: the number of classes (top-5 accuracy is added above 5).
+        steps_per_epoch: training steps in one epoch, for the schedule.
+        epochs: epochs this compile trains for (the schedule spans them).
+        metrics: False compiles the loss alone (no accuracy bookkeeping per step).
+
+    Example:
+        >>> compile_model(model, TrainConfig(), num_classes=10, steps_per_epoch=12, epochs=8)
+    """
     peak = config.learning_rate or DEFAULT_LEARNING_RATES[config.optimizer]
     warmup_steps = min(config.warmup_epochs, epochs) * steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -395,15 +351,17 @@ def _compile(model, config: TrainConfig, num_classes: int, n_train: int, epochs:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
     # Decay the weights of convolutions and dense layers only, as torchvision's recipes do.
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-    if num_classes > 5:
-        metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"))
+    tracked = []
+    if metrics:
+        tracked.append(keras.metrics.CategoricalAccuracy(name="accuracy"))
+        if num_classes > 5:
+            tracked.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"))
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=config.label_smoothing
         ),
-        metrics=metrics,
+        metrics=tracked,
         jit_compile=config.jit_compile,
     )
 

@@ -1,0 +1,160 @@
+"""`TrainConfig`: every setting of a training run, typed once (Keras-free).
+
+Each field carries its help text, its kind (what values it takes) and, where it
+differs from the field name, its command-line flag. `alexnet-k3 train` builds its
+options from these fields (`cli.add_config_options`), `TrainConfig.validate`
+checks values by the same kinds, and `config.json` of a run is `asdict(config)`.
+Like `alexnet_k3.core`, this module imports neither Keras nor a framework, so
+the command line can read it before choosing a backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+
+from alexnet_k3.core import DATA_FORMATS, DATASETS, JIT_SETTINGS, OPTIMIZERS, PRECISIONS, VARIANTS
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# What each kind admits: (test, words for a message). `None` is admitted where the
+# field's default is None ("not set"), and nowhere else.
+KINDS = {
+    "positive_int": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "non_negative_int": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "int": (lambda v: _is_int(v), "an integer"),
+    "positive_float": (lambda v: _is_number(v) and 0 < v < float("inf"), "a positive number"),
+    "non_negative_float": (
+        lambda v: _is_number(v) and 0 <= v < float("inf"),
+        "a finite number >= 0",
+    ),
+    "fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "jit": (lambda v: any(v is s for s in JIT_SETTINGS.values()), "True, False or 'auto'"),
+}
+
+
+def option(default, help: str, *, kind: str = "str", choices=None, flags=None):
+    """A `TrainConfig` field with what the command line and `validate` need to know."""
+    if kind not in KINDS and choices is None:
+        raise ValueError(f"unknown option kind {kind!r}")
+    metadata = {"help": help, "kind": kind, "choices": choices, "flags": flags}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; saved as `config.json` so `resume` can rebuild it exactly."""
+
+    dataset: str = option("digits", "dataset to train and test on", choices=DATASETS)
+    data_dir: str | None = option(
+        None, "CIFAR-10 folder or tarball (default: ALEXNET_K3_DATA, then the Keras cache)"
+    )
+    variant: str = option("cifar", "AlexNet variant", choices=VARIANTS)
+    image_size: int | None = option(
+        None,
+        "model input side; images are resized on the device (default: the variant's)",
+        kind="positive_int",
+    )
+    weights: str | None = option(
+        None, "'imagenet' or a torchvision .pth / converted .weights.h5 (transfer learning)"
+    )
+    freeze_epochs: int = option(
+        0,
+        "with --weights: epochs training only the classifier before fine-tuning all",
+        kind="non_negative_int",
+    )
+    epochs: int = option(10, "epochs in all (the frozen ones included)", kind="positive_int")
+    batch_size: int = option(128, "images per training step", kind="positive_int")
+    optimizer: str = option("sgd", "sgd (momentum 0.9), adam or adamw", choices=OPTIMIZERS)
+    learning_rate: float | None = option(
+        None,
+        "peak learning rate of the cosine schedule (default: 0.02 sgd, 1e-3 adam/adamw)",
+        kind="positive_float",
+        flags=("--lr", "--learning-rate"),
+    )
+    warmup_epochs: int = option(
+        1, "epochs of linear learning-rate warm-up", kind="non_negative_int"
+    )
+    weight_decay: float = option(
+        5e-4, "decoupled weight decay (not on biases and normalization)", kind="non_negative_float"
+    )
+    label_smoothing: float = option(0.0, "label smoothing of the loss", kind="fraction")
+    precision: str = option("float32", "Keras dtype policy", choices=PRECISIONS)
+    validation_split: float = option(
+        0.1, "share of the training images held out to pick the best epoch", kind="fraction"
+    )
+    augment: bool = option(
+        True, "random pad-crop (and flips, not for digits)", kind="bool", flags=("--no-augment",)
+    )
+    seed: int = option(0, "seed of the split, the initialization and the shuffles", kind="int")
+    jit_compile: bool | str = option(
+        "auto", "on, off or auto (Keras decides)", kind="jit", flags=("--jit",)
+    )
+    data_format: str = option(
+        "recommended",
+        "Keras image data format of the network; 'recommended': the backend's fastest "
+        "(channels_first on torch, channels_last on jax and tensorflow)",
+        choices=DATA_FORMATS,
+    )
+    data_parallel: bool = option(
+        False,
+        "split each batch across local devices (jax: keras.distribution.DataParallel, "
+        "tensorflow: tf.distribute.MirroredStrategy)",
+        kind="bool",
+    )
+    devices: int | None = option(
+        None, "with --data-parallel: how many devices (default: all)", kind="positive_int"
+    )
+    keep_freed_memory: bool = option(
+        True,
+        "torch on a CPU (Linux, glibc): keep freed memory for reuse instead of returning it "
+        "to the OS (alexnet_k3.backend.keep_freed_memory, about 1.1x faster steps; the "
+        "process keeps its peak memory). A process-wide setting",
+        kind="bool",
+        flags=("--no-keep-freed-memory",),
+    )
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first setting outside what its field admits."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            choices, kind = f.metadata["choices"], f.metadata["kind"]
+            if choices is not None:
+                ok, expected = value in choices, f"one of {choices}"
+            else:
+                test, expected = KINDS[kind]
+                ok = test(value)
+                if f.default is None:
+                    expected += " or None"
+            if not ok:
+                raise ValueError(f"`{f.name}` must be {expected}, received {f.name}={value!r}.")
+        if self.freeze_epochs > self.epochs:
+            self._bad("freeze_epochs", f"an integer from 0 to epochs={self.epochs}")
+        if self.freeze_epochs and self.weights is None:
+            self._bad(
+                "freeze_epochs", "0 without pretrained `weights` (there is nothing to freeze)"
+            )
+        if self.devices is not None and not self.data_parallel:
+            self._bad("devices", "None unless data_parallel=True")
+
+    def _bad(self, name: str, expected: str):
+        raise ValueError(f"`{name}` must be {expected}, received {name}={getattr(self, name)!r}.")
+
+    @property
+    def mode(self) -> str:
+        return "transfer" if self.weights else "scratch"
+
+
+def config_defaults() -> dict:
+    """Field name -> default of every `TrainConfig` setting."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
