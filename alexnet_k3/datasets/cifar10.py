@@ -1,0 +1,266 @@
+"""CIFAR-10: find a copy (data_dir, `ALEXNET_K3_DATA`, the Keras cache), else download it,
+then read its folder or tarball without trusting either.
+
+The search order and the errors are described in the package docstring
+(`alexnet_k3.datasets`). What the files must hold is checked in `cifar10_batches`, and
+the pickles are read by `unpickler`; both name the file and the problem, and this
+module adds the CIFAR-10 advice (where to download the official copy).
+
+Tests point the download at a local file:// tarball by patching `CIFAR10_URL` and
+`CIFAR10_MD5` here, where they are read at call time; the copies re-exported by
+`alexnet_k3.datasets` are for reading only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+from pathlib import Path
+
+from alexnet_k3.datasets import unpickler
+from alexnet_k3.datasets.base import Dataset, DatasetError, DatasetNotFoundError
+from alexnet_k3.datasets.cifar10_batches import ALL_FILES, BatchFormatError, to_dataset
+
+# Module constants rather than arguments so that tests can point the download at a
+# local file:// tarball and exercise the real download + md5 path without a network.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_TARBALL = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+DATA_ENV_VAR = "ALEXNET_K3_DATA"
+
+# Official batches are ~30 MB. The cap stops a hostile tar header or file from making
+# us read gigabytes; it still admits batches ten times larger than any real one.
+_MAX_FILE_BYTES = 1 << 30
+
+# Where other tools leave CIFAR-10 inside the Keras cache, newest Keras first.
+# Keras 3 (3.15 checked) `cifar10.load_data()` extracts to `cifar-10-batches-py-target/...`
+# and keeps the tarball as `..._archive`; older Keras used `cifar-10-batches-py{,.tar.gz}`.
+_CACHE_FOLDERS = (f"{CIFAR10_FOLDER}-target/{CIFAR10_FOLDER}", CIFAR10_FOLDER)
+_CACHE_TARBALLS = (CIFAR10_TARBALL, f"{CIFAR10_FOLDER}-target_archive", f"{CIFAR10_FOLDER}.tar.gz")
+
+
+def load_cifar10(data_dir=None) -> Dataset:
+    """Loads CIFAR-10: 5 training batches, the test batch and the class names.
+
+    Args:
+        data_dir: the extracted `cifar-10-batches-py` folder, the official
+            `cifar-10-python.tar.gz`, or a folder holding either. Defaults to the
+            `ALEXNET_K3_DATA` environment variable, then the Keras cache, then a
+            download (see the `alexnet_k3.datasets` docstring).
+
+    Returns:
+        A `Dataset` with uint8 `(N, 32, 32, 3)` images (50000 train and 10000 test for
+        the official files) and the class names from `batches.meta`.
+
+    Raises:
+        DatasetError: a file is not valid CIFAR-10.
+        DatasetNotFoundError: nothing found locally and the download failed.
+
+    Example:
+        >>> data = load_cifar10("~/data/cifar-10-batches-py")
+        >>> data.x_train.shape, data.class_names[0]
+        ((50000, 32, 32, 3), 'airplane')
+    """
+    source = _locate_cifar10(data_dir)
+    if source.is_dir():
+        files = _read_folder(source)
+    else:
+        files = _read_tarball(source)
+    try:
+        return to_dataset(files)
+    except BatchFormatError as e:
+        raise _bad(e.where, e.problem) from None
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def _locate_cifar10(data_dir) -> Path:
+    if data_dir is not None:
+        return _user_source(data_dir, f"data_dir={str(data_dir)!r}")
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        return _user_source(env, f"{DATA_ENV_VAR}={env!r}")
+    datasets_dir = _keras_datasets_dir()
+    for rel in _CACHE_FOLDERS:
+        if (datasets_dir / rel).is_dir():
+            return datasets_dir / rel
+    for rel in _CACHE_TARBALLS:
+        if (datasets_dir / rel).is_file():
+            _check_md5(datasets_dir / rel, downloaded=False)
+            return datasets_dir / rel
+    return _download(datasets_dir)
+
+
+def _user_source(value, origin: str) -> Path:
+    # A path the user gave is used as is, or is an error: never a reason to look
+    # elsewhere, since a silent fallback would train on data they did not choose.
+    path = Path(os.fspath(value)).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if path.name == CIFAR10_FOLDER or any((path / name).exists() for name in ALL_FILES):
+            return path
+        if (path / CIFAR10_FOLDER).is_dir():
+            return path / CIFAR10_FOLDER
+        if (path / CIFAR10_TARBALL).is_file():
+            return path / CIFAR10_TARBALL
+        raise DatasetNotFoundError(
+            f"{origin}: {path} holds no CIFAR-10 (expected the extracted {CIFAR10_FOLDER}/ "
+            f"folder with {', '.join(ALL_FILES)}, or {CIFAR10_TARBALL}, or a folder holding "
+            f"either). Download the tarball from {CIFAR10_URL}."
+        )
+    raise DatasetNotFoundError(
+        f"{origin}: {path} does not exist. Point it at the extracted {CIFAR10_FOLDER}/ folder "
+        f"or at {CIFAR10_TARBALL} (download it from {CIFAR10_URL}), or leave it unset to use "
+        f"the Keras cache and download."
+    )
+
+
+def _keras_home() -> Path:
+    # Read at call time (Keras reads KERAS_HOME once, at import), so the cache follows
+    # the environment of this call; the same rule as keras.src.backend.config.
+    home = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
+    return Path(home).expanduser()
+
+
+def _keras_datasets_dir() -> Path:
+    home = _keras_home()
+    # keras.utils.get_file falls back to /tmp/.keras when the home is not writable.
+    if home.exists() and not os.access(home, os.W_OK):
+        home = Path("/tmp/.keras")
+    return home / "datasets"
+
+
+# ------------------------------------------------------------------------ downloading
+
+
+def _download(datasets_dir: Path) -> Path:
+    url = CIFAR10_URL
+    try:
+        # Imported here, not at the top: the package stays importable without a backend.
+        import keras
+
+        path = keras.utils.get_file(
+            fname=CIFAR10_TARBALL,
+            origin=url,
+            cache_dir=os.fspath(datasets_dir.parent),
+            cache_subdir=datasets_dir.name,
+        )
+    except Exception as e:  # get_file raises a bare Exception for URL errors.
+        raise DatasetNotFoundError(
+            f"CIFAR-10 was not found locally and could not be downloaded from {url} "
+            f"({type(e).__name__}: {e}).\n"
+            f"To use a copy made elsewhere, either put {CIFAR10_TARBALL} (md5 {CIFAR10_MD5}) "
+            f"at {datasets_dir / CIFAR10_TARBALL}, or point the {DATA_ENV_VAR} environment "
+            f"variable (or data_dir=) at that tarball or at its extracted {CIFAR10_FOLDER}/ "
+            f"folder. For a dataset that needs no download, use 'digits'."
+        ) from e
+    _check_md5(Path(path), downloaded=True)
+    return Path(path)
+
+
+def _check_md5(path: Path, downloaded: bool) -> None:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() == CIFAR10_MD5:
+        return
+    if downloaded:
+        # A bad download must not be found and trusted as the cache next time.
+        path.unlink(missing_ok=True)
+        what = f"The download from {CIFAR10_URL} was deleted"
+    else:
+        what = f"Delete {path} to download again from {CIFAR10_URL}"
+    raise DatasetError(
+        f"{path}: md5 is {digest.hexdigest()}, expected {CIFAR10_MD5}; the file is "
+        f"incomplete or not the official CIFAR-10. {what}, or pass data_dir= to use a "
+        f"copy of your own."
+    )
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _read_folder(folder: Path) -> dict:
+    missing = [name for name in ALL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{folder}: missing {', '.join(missing)}; a CIFAR-10 folder holds "
+            f"{', '.join(ALL_FILES)}. Extract the full tarball from {CIFAR10_URL}."
+        )
+    files = {}
+    for name in ALL_FILES:
+        path = folder / name
+        where = str(path)
+        size = path.stat().st_size
+        if size > _MAX_FILE_BYTES:
+            raise DatasetError(f"{where}: {size} bytes is too large for a CIFAR-10 batch.")
+        with open(path, "rb") as f:
+            files[name] = (where, _unpickle(f, where))
+    return files
+
+
+def _read_tarball(tar_path: Path) -> dict:
+    wanted = {f"{CIFAR10_FOLDER}/{name}": name for name in ALL_FILES}
+    files = {}
+    try:
+        # Members are read straight from the stream, in archive order: nothing is
+        # extracted to disk and no member path is ever trusted as a destination.
+        with tarfile.open(tar_path, "r:*") as tar:
+            for member in tar:
+                key = re.sub(r"^(\./)+", "", member.name)
+                if key not in wanted:
+                    continue
+                name = wanted[key]
+                where = f"{tar_path} (member {member.name})"
+                if name in files:
+                    raise DatasetError(f"{where}: appears twice in the tarball.")
+                if not member.isfile():
+                    raise DatasetError(f"{where}: is not a regular file.")
+                if member.size > _MAX_FILE_BYTES:
+                    raise DatasetError(f"{where}: {member.size} bytes is too large.")
+                files[name] = (where, _unpickle(tar.extractfile(member), where))
+    except DatasetError:
+        raise
+    except Exception as e:  # tarfile.ReadError, EOFError, zlib.error, OSError ...
+        raise DatasetError(
+            f"{tar_path}: cannot be read as a tar.gz archive ({type(e).__name__}: {e}); it is "
+            f"truncated or corrupt. Download it again from {CIFAR10_URL}."
+        ) from e
+    missing = [f"{CIFAR10_FOLDER}/{name}" for name in ALL_FILES if name not in files]
+    if missing:
+        raise DatasetError(
+            f"{tar_path}: the archive lacks {', '.join(missing)}. Download the full "
+            f"tarball from {CIFAR10_URL}."
+        )
+    return files
+
+
+def _unpickle(f, where: str):
+    try:
+        return unpickler.load(f, where)
+    except unpickler.RefusedGlobalError as e:
+        raise DatasetError(
+            f"{where}: refused to load the global {e.name} from this pickle. CIFAR-10 batches "
+            f"hold only dicts, lists, bytes, str, ints and numpy arrays; this file holds "
+            f"something else and may be malicious. Delete it and download the official "
+            f"tarball from {CIFAR10_URL}."
+        ) from None
+    except unpickler.PickleTooDeepError:
+        raise _bad(where, "the pickle is nested too deeply") from None
+    except unpickler.TruncatedPickleError as e:
+        raise _bad(where, f"the file is truncated ({e.detail})") from e
+    except unpickler.PickleLoadError as e:
+        raise _bad(where, f"the file is not a CIFAR-10 pickle or is corrupt ({e.detail})") from e
+
+
+def _bad(where: str, problem: str) -> DatasetError:
+    return DatasetError(
+        f"{where}: {problem}. This is not a valid CIFAR-10 file; download the official "
+        f"tarball again from {CIFAR10_URL} (md5 {CIFAR10_MD5})."
+    )
