@@ -11,10 +11,11 @@ import argparse
 import importlib.util
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-BACKENDS = ("torch", "tensorflow", "jax")
-BACKEND_PACKAGES = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
+from alexnet_k3.config import TrainConfig
+from alexnet_k3.core import BACKENDS, DATASETS, JIT_SETTINGS
 
 
 def _checked(convert, accept, expected):
@@ -32,17 +33,49 @@ def _checked(convert, accept, expected):
     return parse
 
 
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-_fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
-
-
 def _jit(text: str):
-    choices = {"on": True, "off": False, "auto": "auto"}
-    if text not in choices:
-        raise argparse.ArgumentTypeError(f"expected on, off or auto, received {text!r}")
-    return choices[text]
+    if text not in JIT_SETTINGS:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(JIT_SETTINGS)}, received {text!r}")
+    return JIT_SETTINGS[text]
+
+
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_INF = float("inf")
+# argparse types for the kinds of `TrainConfig` fields (`alexnet_k3.config.KINDS`).
+ARG_TYPES = {
+    "positive_int": _positive_int,
+    "non_negative_int": _checked(int, lambda v: v >= 0, "an integer >= 0"),
+    "int": int,
+    "positive_float": _checked(float, lambda v: 0 < v < _INF, "a positive finite number"),
+    "non_negative_float": _checked(float, lambda v: 0 <= v < _INF, "a finite number >= 0"),
+    "fraction": _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "str": str,
+    "jit": _jit,
+}
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per `TrainConfig` field: dest = field name, help and kind from the field.
+
+    Defaults are left out of the parsed namespace (`argparse.SUPPRESS`), so
+    `vars(args)` holds exactly the options the user typed: `train` fills in the
+    rest, and `--resume` can tell an explicit value from a default.
+    """
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        flags = meta["flags"] or (f"--{f.name.replace('_', '-')}",)
+        options = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
+        if meta["kind"] == "bool":
+            options["action"] = "store_false" if f.default else "store_true"
+        else:
+            if meta["choices"] is not None:
+                options["choices"] = meta["choices"]
+            else:
+                options["type"] = ARG_TYPES[meta["kind"]]
+            if f.default is not None and "default" not in meta["help"]:
+                shown = next((k for k, v in JIT_SETTINGS.items() if v is f.default), f.default)
+                options["help"] += f" (default: {shown})"
+        parser.add_argument(*flags, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,63 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     train = with_backend(commands.add_parser("train", help="train, then evaluate on the test set"))
-    train.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
-    train.add_argument(
-        "--data-dir", help="CIFAR-10 folder or tarball (default: ALEXNET_K3_DATA, the Keras cache)"
-    )
-    train.add_argument("--variant", choices=("torchvision", "paper", "cifar"), default="cifar")
-    train.add_argument(
-        "--image-size",
-        type=_positive_int,
-        help="model input side; images are resized on the device (default: the variant's)",
-    )
-    train.add_argument(
-        "--weights", help="'imagenet' or a torchvision .pth / converted .weights.h5 (transfer)"
-    )
-    train.add_argument(
-        "--freeze-epochs",
-        type=_non_negative_int,
-        default=0,
-        help="with --weights: epochs training only the classifier before fine-tuning all",
-    )
-    train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--batch-size", type=_positive_int, default=128)
-    train.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
-    train.add_argument(
-        "--lr",
-        "--learning-rate",
-        dest="learning_rate",
-        type=_positive_float,
-        help="peak learning rate of the cosine schedule (default: 0.02 sgd, 1e-3 adam/adamw)",
-    )
-    train.add_argument("--warmup-epochs", type=_non_negative_int, default=1)
-    train.add_argument("--weight-decay", type=float, default=5e-4)
-    train.add_argument("--label-smoothing", type=_fraction, default=0.0)
-    train.add_argument(
-        "--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32"
-    )
-    train.add_argument("--validation-split", type=_fraction, default=0.1)
-    train.add_argument(
-        "--no-augment", dest="augment", action="store_false", help="no random pad-crop and flips"
-    )
-    train.add_argument("--jit", type=_jit, default="auto", help="on, off or auto (Keras decides)")
-    train.add_argument(
-        "--data-format",
-        choices=("recommended", "channels_last", "channels_first"),
-        default="recommended",
-        help="Keras image data format of the network; 'recommended': the backend's fastest "
-        "(channels_first on torch, channels_last on jax and tensorflow)",
-    )
-    train.add_argument(
-        "--data-parallel",
-        action="store_true",
-        help="split each batch across local devices (jax: keras.distribution.DataParallel, "
-        "tensorflow: tf.distribute.MirroredStrategy)",
-    )
-    train.add_argument(
-        "--devices", type=_positive_int, help="with --data-parallel: how many (default: all)"
-    )
-    train.add_argument("--seed", type=int, default=0)
+    add_config_options(train)
     train.add_argument("--out", help="run folder (default: runs/DATASET-VARIANT-BACKEND)")
     train.add_argument(
         "--resume",
@@ -137,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("evaluate", help="evaluate a saved model.keras on a test set")
     )
     evaluate.add_argument("model", help="a model.keras written by `alexnet-k3 train`")
-    evaluate.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
+    evaluate.add_argument("--dataset", choices=DATASETS, default="digits")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--out", help="folder for metrics.json, report.md and plots")
@@ -190,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
 def _select_backend(name: str) -> None:
     current = os.environ.get("KERAS_BACKEND")
     if "keras" in sys.modules:
-        import keras
+        from alexnet_k3 import backend
 
-        if keras.config.backend() != name:
+        if backend.name() != name:
             raise ValueError(
                 f"--backend {name} was asked for, but Keras is already running on "
-                f"{keras.config.backend()!r} in this process. Set KERAS_BACKEND={name} "
+                f"{backend.name()!r} in this process. Set KERAS_BACKEND={name} "
                 "before starting Python instead."
             )
     elif current and current != name:
@@ -205,7 +182,7 @@ def _select_backend(name: str) -> None:
 
 def _check_backend_installed() -> None:
     name = os.environ.get("KERAS_BACKEND")
-    if name in BACKEND_PACKAGES and importlib.util.find_spec(BACKEND_PACKAGES[name]) is None:
+    if name in BACKENDS and importlib.util.find_spec(name) is None:
         raise ImportError(
             f"the {name} backend was chosen but {name} is not installed. "
             f"Install it with `pip install alexnet-k3[{name}]`, or choose another --backend."
@@ -216,34 +193,13 @@ def _train(args) -> int:
     from alexnet_k3 import backend
     from alexnet_k3.training import train
 
-    out = args.out or f"runs/{args.dataset}-{args.variant}-{backend.name()}"
-    settings = dict(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        variant=args.variant,
-        image_size=args.image_size,
-        weights=args.weights,
-        freeze_epochs=args.freeze_epochs,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
-        warmup_epochs=args.warmup_epochs,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        precision=args.precision,
-        validation_split=args.validation_split,
-        augment=args.augment,
-        seed=args.seed,
-        jit_compile=args.jit,
-        data_format=args.data_format,
-        data_parallel=args.data_parallel,
-        devices=args.devices,
-    )
-    if args.resume:
-        # A resumed run takes its saved settings; only options given explicitly are checked.
-        defaults = vars(build_parser().parse_args(["train"]))
-        settings = {k: v for k, v in settings.items() if v != defaults.get(_arg_name(k), v)}
+    # Exactly the options given: train() fills in TrainConfig's defaults, and a
+    # resumed run refuses any that contradicts its saved settings.
+    settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    defaults = TrainConfig()
+    dataset = settings.get("dataset", defaults.dataset)
+    variant = settings.get("variant", defaults.variant)
+    out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
     verbose = "auto" if args.verbose is None else args.verbose
     metrics = train(out, resume=args.resume, verbose=verbose, **settings)
     print(
@@ -252,10 +208,6 @@ def _train(args) -> int:
         f"-> {out}/report.md"
     )
     return 0
-
-
-def _arg_name(setting: str) -> str:
-    return {"jit_compile": "jit"}.get(setting, setting)
 
 
 def _evaluate(args) -> int:
@@ -275,7 +227,7 @@ def _evaluate(args) -> int:
 
 
 def _convert(args) -> int:
-    from alexnet_k3.weights import convert_checkpoint
+    from alexnet_k3.convert import convert_checkpoint
 
     path = convert_checkpoint(args.weights, args.out, num_classes=args.num_classes)
     print(f"wrote {path}")

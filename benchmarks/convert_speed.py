@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     import alexnet_k3 as ak
     from alexnet_k3 import backend
-    from alexnet_k3.weights import convert_checkpoint
+    from alexnet_k3.convert import convert_checkpoint
 
     def ready(model):
         # jax computes asynchronously: without this, a step's initialization would

@@ -1,6 +1,9 @@
 """Shared test setup. The backend comes from KERAS_BACKEND, one process per backend."""
 
 import contextlib
+import os
+import subprocess
+import sys
 
 # torchvision imports torch._dynamo, which loads triton's native library; loaded
 # after tensorflow's, that library segfaults the process. Importing torchvision
@@ -19,3 +22,31 @@ def data_format(request):
     keras.config.set_image_data_format(request.param)
     yield request.param
     keras.config.set_image_data_format(previous)
+
+
+BACKEND = keras.config.backend()
+
+
+def _run_cli(*args, backend=BACKEND, env=None, cwd=None, timeout=600, expect_ok=False):
+    """`python -m alexnet_k3 ARGS` in a new process on `backend`; the CompletedProcess.
+
+    `env` entries are added to this process's environment. With `expect_ok`, a
+    non-zero exit fails the test with the command's output.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "alexnet_k3", *map(str, args)],
+        env={**os.environ, **(env or {}), "KERAS_BACKEND": backend},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if expect_ok:
+        assert result.returncode == 0, f"{args}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture
+def run_cli():
+    """Runs the command line in a fresh process: `run_cli("train", "--epochs", 1, ...)`."""
+    return _run_cli

@@ -1,7 +1,6 @@
 """The `alexnet-k3` command line: backend choice, clear errors, compare tables."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,17 +13,6 @@ from alexnet_k3.report import compare_runs
 BACKEND = keras.config.backend()
 
 
-def _cli(*args, env_backend=BACKEND):
-    env = {**os.environ, "KERAS_BACKEND": env_backend}
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_k3", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_importing_the_package_does_not_pick_a_backend():
     # The CLI must be able to set KERAS_BACKEND after `import alexnet_k3`.
     code = "import sys, alexnet_k3, alexnet_k3.cli; print('keras' in sys.modules)"
@@ -32,9 +20,9 @@ def test_importing_the_package_does_not_pick_a_backend():
     assert result.stdout.strip() == "False", result.stderr
 
 
-def test_backend_flag_overrides_the_environment():
+def test_backend_flag_overrides_the_environment(run_cli):
     other = {"torch": "jax", "jax": "tensorflow", "tensorflow": "torch"}[BACKEND]
-    result = _cli("info", "--backend", other, env_backend=BACKEND)
+    result = run_cli("info", "--backend", other)  # KERAS_BACKEND is this process's
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"backend: {other}" in result.stdout
     assert "keras: 3." in result.stdout
@@ -91,3 +79,49 @@ def test_compare_writes_the_table_the_notebooks_made_by_hand(tmp_path, capsys):
     assert table.splitlines()[0].startswith("| run | backend |")
     assert "| jax | - | cifar | scratch | 3 | 0.9200 | 0.3000 | 12.5 | 321.0 |" in table
     assert table == compare_runs([tmp_path / "torch", tmp_path / "jax"])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A real one-epoch digits run started with a non-default weight decay."""
+    from alexnet_k3.training import train
+
+    out = tmp_path_factory.mktemp("runs") / "wd"
+    train(out, epochs=1, batch_size=256, weight_decay=0.001, validation_split=0.0, verbose=0)
+    return out
+
+
+def _snapshot(folder):
+    return {
+        p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    "option, given, saved",
+    [
+        # Equal to the parser's default, yet not what the run used: still refused.
+        (["--weight-decay", "0.0005"], "weight_decay=0.0005", "weight_decay=0.001"),
+        (["--epochs", "3"], "epochs=3", "epochs=1"),
+        (["--no-augment"], "augment=False", "augment=True"),
+    ],
+    ids=["default-value", "other-value", "flag"],
+)
+def test_resume_refuses_an_explicit_option_that_contradicts_the_run(
+    finished_run, capsys, option, given, saved
+):
+    before = _snapshot(finished_run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--resume", "--out", str(finished_run), *option])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert given in err and saved in err, err
+    assert "Traceback" not in err
+    assert _snapshot(finished_run) == before
+
+
+def test_resume_accepts_options_that_agree_with_the_run(finished_run, capsys):
+    assert main(["train", "--resume", "--out", str(finished_run), "--weight-decay", "0.001"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out

@@ -22,6 +22,7 @@ torchvision = pytest.importorskip("torchvision")
 
 import alexnet_k3 as ak  # noqa: E402
 from alexnet_k3 import weights as W  # noqa: E402
+from alexnet_k3.convert import convert_checkpoint  # noqa: E402
 from alexnet_k3.model import min_input_size  # noqa: E402
 from alexnet_k3.preprocessing import (  # noqa: E402
     IMAGENET_CROP_SIZE,
@@ -30,6 +31,9 @@ from alexnet_k3.preprocessing import (  # noqa: E402
     IMAGENET_STD,
     imagenet_preprocess,
 )
+from alexnet_k3.weights import loader, torch_files  # noqa: E402
+from alexnet_k3.weights.alexnet import ALEXNET  # noqa: E402
+from alexnet_k3.weights.keras_h5 import keras_h5_variables  # noqa: E402
 
 # Issue 3: max|keras - torchvision| / max|torchvision| in float32.
 RELATIVE_TOLERANCE = 1e-5
@@ -114,7 +118,7 @@ def scratch():
 
 @pytest.fixture(scope="module")
 def converted(checkpoint, tmp_path_factory):
-    return W.convert_checkpoint(checkpoint, tmp_path_factory.mktemp("h5") / "alexnet.weights.h5")
+    return convert_checkpoint(checkpoint, tmp_path_factory.mktemp("h5") / "alexnet.weights.h5")
 
 
 def zeros_state(tv_model, **replace):
@@ -215,11 +219,11 @@ def test_convert_writes_a_keras_weights_file(converted, loaded, images, referenc
 
 def test_convert_checks_its_arguments(checkpoint, tmp_path):
     with pytest.raises(W.WeightsError, match=r"must end in '\.weights\.h5'"):
-        W.convert_checkpoint(checkpoint, tmp_path / "alexnet.h5")
+        convert_checkpoint(checkpoint, tmp_path / "alexnet.h5")
     with pytest.raises(W.WeightsError, match="classifies 1000 classes.*num_classes=10"):
-        W.convert_checkpoint(checkpoint, tmp_path / "alexnet.weights.h5", num_classes=10)
+        convert_checkpoint(checkpoint, tmp_path / "alexnet.weights.h5", num_classes=10)
     with pytest.raises(W.WeightsError, match="does not exist"):
-        W.convert_checkpoint(tmp_path / "missing.pth", tmp_path / "alexnet.weights.h5")
+        convert_checkpoint(tmp_path / "missing.pth", tmp_path / "alexnet.weights.h5")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -347,14 +351,17 @@ def test_imagenet_reads_torch_hub_cache(torch_home, checkpoint, scratch, loaded,
     _refuse(scratch, zeros, "imagenet", str(cached), "SHA-256", "7be5be79")
     # ...and read when the record's hash is its own.
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    # The loader reads the record from its table registry at call time.
     record = dataclasses.replace(W.IMAGENET1K_V1, sha256_prefix=digest[:8])
-    monkeypatch.setattr(W, "IMAGENET1K_V1", record)
+    table = dataclasses.replace(ALEXNET, pretrained={"imagenet": record})
+    monkeypatch.setattr(loader, "TABLES", (table,))
     ak.load_torchvision_weights(scratch, "imagenet")
     assert_same_weights(scratch, loaded[1])
 
 
 def test_without_torch(monkeypatch, checkpoint, converted, scratch, loaded):
-    monkeypatch.setattr(W, "_import_torch", lambda: None)
+    # torch_files looks torch up through this function on every read.
+    monkeypatch.setattr(torch_files, "_import_torch", lambda: None)
     for source, fragments in (
         ("imagenet", ("alexnet-k3 convert", "pip install")),
         (checkpoint, (str(checkpoint), "torch is not installed", "alexnet-k3 convert")),
@@ -393,74 +400,239 @@ def _refuse(model, expected, source, *fragments, error=W.WeightsError):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_pickled_code_is_never_run(tmp_path, loaded):
+def test_pickled_code_is_never_run(tmp_path, loaded, monkeypatch):
     model, expected = loaded
     marker = tmp_path / "code_ran"
     archive = tmp_path / "torch_archive.pth"
     torch.save({"features.0.weight": _Payload(marker)}, archive)
     _refuse(model, expected, archive, str(archive), "refused", "GLOBAL io.open", "run code")
+    # torch < 2.5 has no get_unsafe_globals_in_checkpoint: the pickle is decoded here.
+    monkeypatch.delattr(torch.serialization, "get_unsafe_globals_in_checkpoint")
+    _refuse(model, expected, archive, str(archive), "refused", "GLOBAL io.open", "run code")
     assert not marker.exists()
     # Plain pickles: protocol 2 (torch's own) reaches the forbidden global, newer
-    # protocols stop earlier at an opcode torch's reader does not take.
+    # protocols stop earlier at an opcode torch's reader does not take; both name
+    # a global, so both are refused.
     for protocol in (2, pickle.HIGHEST_PROTOCOL):
         plain = tmp_path / f"plain_pickle_{protocol}.pth"
         with open(plain, "wb") as f:
             pickle.dump({"features.0.weight": _Payload(marker)}, f, protocol=protocol)
-        message = _refuse(model, expected, plain, str(plain))
-        assert protocol != 2 or "refused" in message, message
+        message = _refuse(model, expected, plain, str(plain), "refused", "run code")
+        assert protocol != 2 or "GLOBAL io.open" in message, message
         assert not marker.exists()
 
 
-def test_bad_files(tmp_path, checkpoint, converted, loaded, tv_model):
+def _prefix(path, size=1 << 20) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def _write(path, data):
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data)
+    return path
+
+
+def _torch_file(path, obj, **kwargs):
+    torch.save(obj, path, **kwargs)
+    return path
+
+
+def _pickle_file(path, obj, protocol):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    return path
+
+
+def _legacy_truncated(path):
+    # torch.save's pre-zip format: pickles in a row, then raw storage bytes; the cut
+    # goes through the last pickle (the storage keys).
+    _torch_file(path, {"features.0.weight": torch.zeros(3)}, _use_new_zipfile_serialization=False)
+    return _write(path, path.read_bytes()[:-30])
+
+
+def _damaged_zip(path):
+    _torch_file(path, {"features.0.weight": torch.zeros(3)})
+    data = bytearray(path.read_bytes())
+    second = data.find(b"PK\x03\x04", 4)  # the local header of the archive's second member
+    data[second : second + 4] = b"XXXX"
+    return _write(path, bytes(data))
+
+
+def _zip_file(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+    return path
+
+
+def _h5_file(path, fill):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        fill(f)
+    return path
+
+
+def _external_link(path):
+    import h5py
+
+    other = _h5_file(path.with_name("other_file.h5"), lambda f: f.create_dataset("x", (3,)))
+    group = h5py.File(path, "w")
+    with group:
+        group.create_group("layers/dense/vars").attrs["name"] = "predictions"
+        group["layers/dense/vars/0"] = h5py.ExternalLink(str(other), "x")
+    return path
+
+
+# (case id, build(tmp_path, files) -> source, message fragments, error class)
+BAD_FILES = [
+    ("missing", lambda t, f: t / "missing.pth", ("does not exist",), FileNotFoundError),
+    ("directory", lambda t, f: t, ("not a file",), W.WeightsError),
+    (
+        "truncated",
+        lambda t, f: _write(t / "truncated.pth", _prefix(f["checkpoint"])),
+        ("truncated", "central directory"),
+        W.WeightsError,
+    ),
+    ("empty", lambda t, f: _write(t / "empty.pth", b""), ("empty",), W.WeightsError),
+    (
+        "text",
+        lambda t, f: _write(t / "notes.pth", "not a checkpoint\n"),
+        ("not a readable torch checkpoint", "b'not '"),
+        W.WeightsError,
+    ),
+    (
+        "tensor",
+        lambda t, f: _torch_file(t / "tensor.pth", torch.zeros(3)),
+        ("holds a Tensor, not a state_dict",),
+        W.WeightsError,
+    ),
+    (
+        "nested",
+        lambda t, f: _torch_file(
+            t / "training_checkpoint.pth", {"state_dict": zeros_state(f["tv_model"]), "epoch": 3}
+        ),
+        ("under 'state_dict'",),
+        W.WeightsError,
+    ),
+    (
+        "keras-file",
+        lambda t, f: _write(t / "model.keras", b""),
+        ("keras.saving.load_model",),
+        W.WeightsError,
+    ),
+    (
+        "h5-text",
+        lambda t, f: _write(t / "text.weights.h5", "not hdf5\n"),
+        ("not a readable HDF5 file",),
+        W.WeightsError,
+    ),
+    (
+        "h5-truncated",
+        lambda t, f: _write(t / "truncated.weights.h5", _prefix(f["converted"])),
+        ("truncated",),
+        W.WeightsError,
+    ),
+    (
+        "h5-other",
+        lambda t, f: _h5_file(t / "other.weights.h5", lambda h5: h5.create_dataset("data", (3,))),
+        ("no 'layers' group",),
+        W.WeightsError,
+    ),
+    ("not-a-path", lambda t, f: 42, ("type int",), W.WeightsError),
+    # How a failed torch.load is told apart, by exception type and by the file.
+    (
+        "legacy-truncated",
+        lambda t, f: _legacy_truncated(t / "legacy.pth"),
+        ("truncated",),
+        W.WeightsError,
+    ),
+    (
+        "plain-pickle",
+        lambda t, f: _pickle_file(t / "data.pth", {"features.0.weight": [1.0]}, protocol=5),
+        ("not a readable torch checkpoint", "weights-only loader"),
+        W.WeightsError,
+    ),
+    (
+        "zip-other",
+        lambda t, f: _zip_file(t / "archive.pth"),
+        ("not a readable torch checkpoint", "without the data.pkl", "notes.txt"),
+        W.WeightsError,
+    ),
+    (
+        "zip-damaged",
+        lambda t, f: _damaged_zip(t / "damaged.pth"),
+        ("truncated or corrupt", "is damaged"),
+        W.WeightsError,
+    ),
+    (
+        "whole-module",
+        lambda t, f: _torch_file(t / "module.pth", torch.nn.Linear(2, 2)),
+        ("refused", "GLOBAL torch.nn.modules.linear.Linear"),
+        W.WeightsError,
+    ),
+    (
+        "h5-link",
+        lambda t, f: _external_link(t / "link.weights.h5"),
+        ("refers to data outside itself", "/layers/dense/vars/0"),
+        W.WeightsError,
+    ),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize(
+    "build, fragments, error",
+    [pytest.param(*case[1:], id=case[0]) for case in BAD_FILES],
+)
+def test_bad_files(build, fragments, error, tmp_path, checkpoint, converted, loaded, tv_model):
     model, expected = loaded
+    files = {"checkpoint": checkpoint, "converted": converted, "tv_model": tv_model}
+    source = build(tmp_path, files)
+    named = (str(source),) if not isinstance(source, int) else ()
+    _refuse(model, expected, source, *named, *fragments, error=error)
 
-    missing = tmp_path / "missing.pth"
-    _refuse(model, expected, missing, str(missing), "does not exist", error=FileNotFoundError)
-    _refuse(model, expected, tmp_path, str(tmp_path), "not a file")
 
-    truncated = tmp_path / "truncated.pth"
-    with open(checkpoint, "rb") as f:
-        truncated.write_bytes(f.read(1 << 20))
-    _refuse(model, expected, truncated, str(truncated), "truncated")
-
-    empty = tmp_path / "empty.pth"
-    empty.write_bytes(b"")
-    _refuse(model, expected, empty, str(empty), "empty")
-
-    text = tmp_path / "notes.pth"
-    text.write_text("not a checkpoint\n")
-    _refuse(model, expected, text, str(text), "not a readable torch checkpoint")
-
-    tensor = tmp_path / "tensor.pth"
-    torch.save(torch.zeros(3), tensor)
-    _refuse(model, expected, tensor, str(tensor), "holds a Tensor, not a state_dict")
-
-    nested = tmp_path / "training_checkpoint.pth"
-    torch.save({"state_dict": zeros_state(tv_model), "epoch": 3}, nested)
-    _refuse(model, expected, nested, str(nested), "under 'state_dict'")
-
-    keras_file = tmp_path / "model.keras"
-    keras_file.write_bytes(b"")
-    _refuse(model, expected, keras_file, str(keras_file), "keras.saving.load_model")
-
-    h5_text = tmp_path / "text.weights.h5"
-    h5_text.write_text("not hdf5\n")
-    _refuse(model, expected, h5_text, str(h5_text), "not a readable HDF5 file")
-
-    h5_truncated = tmp_path / "truncated.weights.h5"
-    with open(converted, "rb") as f:
-        h5_truncated.write_bytes(f.read(1 << 20))
-    _refuse(model, expected, h5_truncated, str(h5_truncated), "truncated")
+def test_weights_h5_layout(tmp_path):
+    """`keras_h5_variables`, the one reader of Keras' private `.weights.h5` layout,
+    finds exactly what the installed Keras writes: every layer with variables, by
+    name, its variables in `layer.weights` order."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv_a")(inputs)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(5, 3, name="conv_b")(x)  # the second Conv2D: conv2d_1
+    x = keras.layers.BatchNormalization(name="norm")(x)  # trainable and non-trainable
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(6, name="predictions")(x)
+    model = keras.Model(inputs, x)
+    rng = np.random.default_rng(4)
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") for w in model.weights])
+    path = tmp_path / "layout.weights.h5"
+    model.save_weights(path)
 
     import h5py
 
-    h5_other = tmp_path / "other.weights.h5"
-    with h5py.File(h5_other, "w") as f:
-        f["data"] = np.zeros(3)
-    _refuse(model, expected, h5_other, str(h5_other), "no 'layers' group")
-
-    with pytest.raises(W.WeightsError, match="type int"):
-        ak.load_torchvision_weights(model, 42)
+    with h5py.File(path, "r") as file:
+        variables = keras_h5_variables(file)
+        found = {name: [d[()] for d in datasets] for name, datasets in variables.items()}
+    expected = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+    assumption = (
+        f"Keras {keras.__version__} no longer writes .weights.h5 as keras_h5_variables assumes "
+        "(layers/<class>_<i>/vars/<n>, the layer's name in the 'name' attribute of vars, "
+        "variables numbered in layer.weights order)"
+    )
+    assert sorted(found) == sorted(expected), (
+        f"{assumption}: layers {sorted(found)}, expected {sorted(expected)}"
+    )
+    for name, arrays in expected.items():
+        shapes = [a.shape for a in found[name]]
+        assert shapes == [a.shape for a in arrays], f"{assumption}: {name} holds {shapes}"
+        for got, want in zip(found[name], arrays, strict=True):
+            assert np.array_equal(got, want), f"{assumption}: {name}'s values are in another order"
 
 
 def test_another_architecture(tmp_path, loaded):
