@@ -15,40 +15,51 @@ import keras
 from alexnet_k3.core import atomic_save, atomic_write_text
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` whose backup survives a kill at any instant.
+class EpochBackup(keras.callbacks.Callback):
+    """Backs up the model (weights and optimizer state) after every epoch, atomically.
 
-    Keras writes the weights and then the epoch counter in place, so a kill during
-    either write can leave a truncated file or a counter that disagrees with the
-    weights. Here each epoch's weights go to a new file and a small JSON pointer
-    naming that file and its epoch is renamed into place last: the pointer always
-    names complete weights of the epoch it states.
+    Written with Keras's public API only: `on_epoch_end` saves, and `restore`,
+    called before `fit`, loads the last backup and returns the epoch to pass as
+    `fit(initial_epoch=...)`. (Keras's own `BackupAndRestore` writes the
+    weights and then the epoch counter in place, so a kill during either write
+    can leave a truncated file or a counter that disagrees with the weights;
+    changing that would mean overriding its private methods.) Here each epoch's
+    weights go to a new file and a small JSON pointer naming that file and its
+    epoch is renamed into place last: the pointer always names complete weights
+    of the epoch it states.
+
+    Example:
+        >>> backup = EpochBackup("runs/x/state/backup")
+        >>> start = backup.restore(model, default=0)
+        >>> model.fit(x, y, epochs=10, initial_epoch=start, callbacks=[backup])
     """
 
     def __init__(self, backup_dir):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=True)
-        self._pointer = Path(backup_dir) / "latest.json"
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+        self._pointer = self.backup_dir / "latest.json"
 
-    def _save_model(self):
-        backup_dir = Path(self.backup_dir)
-        backup_dir.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{self._current_epoch:04d}.weights.h5"
-        atomic_save(lambda p: self.model.save_weights(p, overwrite=True), backup_dir / name)
-        atomic_write_text(
-            self._pointer, json.dumps({"epoch": self._current_epoch, "weights": name})
-        )
-        for old in backup_dir.glob("epoch-*.weights.h5"):
+    def restore(self, model, default: int = 0) -> int:
+        """Loads the last backup into `model` (compiled); returns the epochs it had done."""
+        if not self._pointer.exists():
+            return default
+        state = json.loads(self._pointer.read_text())
+        if model.optimizer is not None and not model.optimizer.built:
+            # The backup holds the optimizer's variables (momentum, step count):
+            # they need to exist before they can be loaded.
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(str(self.backup_dir / state["weights"]))
+        return int(state["epoch"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        done = epoch + 1
+        name = f"epoch-{done:04d}.weights.h5"
+        atomic_save(lambda p: self.model.save_weights(p, overwrite=True), self.backup_dir / name)
+        atomic_write_text(self._pointer, json.dumps({"epoch": done, "weights": name}))
+        for old in self.backup_dir.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink(missing_ok=True)
-
-    def _load_model(self):
-        if not self._pointer.exists():
-            return
-        state = json.loads(self._pointer.read_text())
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(str(Path(self.backup_dir) / state["weights"]))
-        self.model._initial_epoch = int(state["epoch"])
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 from alexnet_k3 import backend, datasets
 
@@ -36,7 +37,28 @@ def load_model(path) -> keras.Model:
             f"{path} is not a .keras model file (suffix {path.suffix!r}). Give the model.keras "
             "that `alexnet-k3 train` wrote."
         )
-    return keras.saving.load_model(path)
+    model = keras.saving.load_model(path)
+    _check_runs_here(model, path)
+    return model
+
+
+def _check_runs_here(model, path) -> None:
+    """A clear error for a model whose layout the active backend cannot run on this device."""
+    layers, formats = list(model.layers), set()
+    while layers:
+        layer = layers.pop()
+        layers.extend(getattr(layer, "layers", []))  # nested models: the network itself
+        if isinstance(layer, keras.layers.Conv2D):
+            formats.add(layer.data_format)
+    for data_format in sorted(formats):
+        try:
+            backend.check_image_data_format(data_format)
+        except ValueError:
+            raise ValueError(
+                f"{path} was built with {data_format} convolutions (the torch backend's "
+                f"default layout), which the {backend.name()} backend cannot run on this "
+                "device. Evaluate it with --backend torch or --backend jax, or on a GPU."
+            ) from None
 
 
 def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
@@ -63,7 +85,7 @@ def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
     log_probs = logits - logits.max(axis=1, keepdims=True)
     log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
     predicted = logits.argmax(axis=1)
-    confusion = confusion_matrix(y, predicted, num_classes)
+    confusion = confusion_matrix(y, predicted, labels=np.arange(num_classes))
     support = confusion.sum(axis=1)
     per_class = np.divide(
         np.diag(confusion), support, out=np.full(num_classes, np.nan), where=support > 0
@@ -83,12 +105,6 @@ def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
         top5 = np.argsort(-logits, axis=1)[:, :5]
         metrics["test_top5_accuracy"] = float((top5 == y[:, None]).any(axis=1).mean())
     return metrics
-
-
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """Counts, rows = true class, columns = predicted class."""
-    flat = np.asarray(y_true) * num_classes + np.asarray(y_pred)
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def evaluate(model, dataset="digits", *, data_dir=None, batch_size=256, out=None) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import keras
 
 from alexnet_k3.layers import AdaptiveAveragePooling2D, LocalResponseNormalization
+from alexnet_k3.preprocessing import input_pipeline
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,34 @@ def AlexNet(
         for index in range(1, len(config.convs) + 1):
             model.get_layer(f"conv{index}").trainable = False
     return model
+
+
+def build_classifier(
+    num_classes: int,
+    *,
+    variant: str = "cifar",
+    image_size: int | None = None,
+    weights: str | None = None,
+    augment: bool = True,
+    flip: bool = True,
+    raw_shape=(32, 32, 3),
+) -> keras.Model:
+    """AlexNet behind the on-device input pipeline: takes raw uint8 `(N, 32, 32, 3)` images.
+
+    The saved model therefore needs no preprocessing code outside it, on any backend.
+    """
+    size = image_size or VARIANTS[variant].default_size
+    channels_first = keras.config.image_data_format() == "channels_first"
+    net = AlexNet(
+        num_classes,
+        variant=variant,
+        weights=weights,
+        input_shape=(3, size, size) if channels_first else (size, size, 3),
+        name="alexnet",
+    )
+    inputs = keras.Input(raw_shape, dtype="uint8", name="images")
+    x = input_pipeline(size, augment=augment, flip=flip)(inputs)
+    return keras.Model(inputs, net(x), name=f"alexnet_k3_{variant}")
 
 
 def _conv_block(x, spec: ConvSpec, index: int, norm: str | None, config: VariantConfig):

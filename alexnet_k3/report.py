@@ -108,33 +108,47 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
 
 
 def _plot_all(out: Path, metrics: dict, history, model, data) -> list[str]:
+    """Draws every figure of a run into `out`; returns the file names written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
+    figures = {}
+    if history:
+        figures["curves.png"] = _curves_figure(history)
+    figures["confusion_matrix.png"] = _confusion_figure(metrics)
+    figures["per_class_accuracy.png"] = _per_class_figure(metrics)
+    figures["samples.png"] = _samples_figure(metrics["class_names"], model, data)
     import matplotlib.pyplot as plt
 
-    written = []
-
-    def save(fig, name):
+    for name, fig in figures.items():
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
-        written.append(name)
+    return list(figures)
+
+
+def _curves_figure(history: list[dict]):
+    """Accuracy and loss per epoch, training and validation."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [e["epoch"] for e in history]
+    for ax, key in zip(axes, ("accuracy", "loss")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            if prefix + key in history[0]:
+                ax.plot(epochs, [e[prefix + key] for e in history], marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def _confusion_figure(metrics: dict):
+    """The confusion matrix over every test image, counts written in the cells."""
+    import matplotlib.pyplot as plt
 
     names = metrics["class_names"]
-    if history:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        epochs = [e["epoch"] for e in history]
-        for ax, key in zip(axes, ("accuracy", "loss")):
-            for prefix, label in (("", "train"), ("val_", "validation")):
-                if prefix + key in history[0]:
-                    ax.plot(epochs, [e[prefix + key] for e in history], marker="o", label=label)
-            ax.set_xlabel("epoch")
-            ax.set_title(key)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        save(fig, "curves.png")
-
     confusion = np.asarray(metrics["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     image = ax.imshow(confusion, cmap="Blues")
@@ -148,8 +162,14 @@ def _plot_all(out: Path, metrics: dict, history, model, data) -> list[str]:
             ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax)
     ax.set_title(f"Confusion matrix (accuracy {metrics['test_accuracy']:.4f})")
-    save(fig, "confusion_matrix.png")
+    return fig
 
+
+def _per_class_figure(metrics: dict):
+    """Accuracy of each class over all its test images, the overall accuracy as a line."""
+    import matplotlib.pyplot as plt
+
+    names = metrics["class_names"]
     fig, ax = plt.subplots(figsize=(8, 3.5))
     values = [metrics["per_class_accuracy"][n] or 0.0 for n in names]
     ax.bar(names, values, color="tab:blue")
@@ -159,15 +179,18 @@ def _plot_all(out: Path, metrics: dict, history, model, data) -> list[str]:
     ax.set_title("Per-class accuracy (all test images)")
     ax.tick_params(axis="x", rotation=45)
     ax.legend()
-    save(fig, "per_class_accuracy.png")
+    return fig
 
-    count = min(25, len(data.x_test))
+
+def _samples_figure(names, model, data, count: int = 25, columns: int = 5):
+    """The first test images with predicted / true class, green when right."""
+    import matplotlib.pyplot as plt
+
+    count = min(count, len(data.x_test))
     images = data.x_test[:count]
     predicted = np.asarray(model.predict_on_batch(images)).argmax(axis=1)
-    columns = 5
-    fig, axes = plt.subplots(
-        math.ceil(count / columns), columns, figsize=(2 * columns, 2.2 * math.ceil(count / columns))
-    )
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows))
     for ax, image, true, guess in zip(np.ravel(axes), images, data.y_test[:count], predicted):
         ax.imshow(image)
         ok = guess == true
@@ -176,8 +199,7 @@ def _plot_all(out: Path, metrics: dict, history, model, data) -> list[str]:
     for ax in np.ravel(axes)[count:]:
         ax.axis("off")
     fig.suptitle("predicted / true")
-    save(fig, "samples.png")
-    return written
+    return fig
 
 
 def compare_runs(run_dirs) -> str:

@@ -19,15 +19,14 @@ import numpy as np
 
 from alexnet_k3 import backend, datasets
 from alexnet_k3.callbacks import (
-    AtomicBackupAndRestore,
     BestModelCheckpoint,
+    EpochBackup,
     HistoryWriter,
     load_history,
 )
 from alexnet_k3.config import TrainConfig
 from alexnet_k3.core import DEFAULT_LEARNING_RATES, atomic_save, atomic_write_text
-from alexnet_k3.model import VARIANTS, AlexNet
-from alexnet_k3.preprocessing import input_pipeline
+from alexnet_k3.model import VARIANTS, build_classifier
 
 # Mirrored digits are other symbols; mirrored photos are still the same class.
 FLIP_AUGMENTATION = {"cifar10": True, "digits": False}
@@ -107,12 +106,21 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
             )
         saved = json.loads(config_path.read_text())
         config = TrainConfig(**saved)
-        changed = {k: v for k, v in settings.items() if saved.get(k) != v}
+        # Every setting given explicitly must agree with the run's, defaults included:
+        # a resumed run never silently drops what the user asked for.
+        changed = [
+            f"{k}={v!r} was asked for, the run has {k}={getattr(config, k)!r}"
+            for k, v in settings.items()
+            if k in TrainConfig.__dataclass_fields__ and getattr(config, k) != v
+        ]
+        unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            changed.append(f"unknown settings {unknown}")
         if changed:
             raise ValueError(
-                f"Cannot resume {out} with different settings {changed}: a resumed run uses "
-                f"its saved settings {saved}. Leave those options out, or start a new run "
-                "in another folder."
+                f"Cannot resume {out}: {'; '.join(changed)}. A resumed run keeps the settings "
+                f"saved in {config_path}: leave those options out (or give the saved values), "
+                "or start a new run in another folder."
             )
         return config
     unknown = set(settings) - set(TrainConfig.__dataclass_fields__)
@@ -146,34 +154,6 @@ def _data_parallel(config: TrainConfig):
             f"{parallel.num_replicas} devices: use a multiple of {parallel.num_replicas}."
         )
     return parallel
-
-
-def build_classifier(
-    num_classes: int,
-    *,
-    variant: str = "cifar",
-    image_size: int | None = None,
-    weights: str | None = None,
-    augment: bool = True,
-    flip: bool = True,
-    raw_shape=(32, 32, 3),
-) -> keras.Model:
-    """AlexNet behind the on-device input pipeline: takes raw uint8 `(N, 32, 32, 3)` images.
-
-    The saved model therefore needs no preprocessing code outside it, on any backend.
-    """
-    size = image_size or VARIANTS[variant].default_size
-    channels_first = keras.config.image_data_format() == "channels_first"
-    net = AlexNet(
-        num_classes,
-        variant=variant,
-        weights=weights,
-        input_shape=(3, size, size) if channels_first else (size, size, 3),
-        name="alexnet",
-    )
-    inputs = keras.Input(raw_shape, dtype="uint8", name="images")
-    x = input_pipeline(size, augment=augment, flip=flip)(inputs)
-    return keras.Model(inputs, net(x), name=f"alexnet_k3_{variant}")
 
 
 def _run(out: Path, config: TrainConfig, verbose) -> dict:
@@ -255,11 +235,12 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
             callbacks.append(checkpoint)
         # Last, so an epoch counts as done only once its history and best model are
         # written: a kill before the backup reruns the epoch, it never skips a write.
-        callbacks.append(AtomicBackupAndRestore(state_dir / f"backup-{phase}"))
+        backup = EpochBackup(state_dir / f"backup-{phase}")
+        callbacks.append(backup)
         model.fit(
             **backend.array_feed(*train_data, batch_size=config.batch_size, shuffle=True),
             epochs=end_epoch,
-            initial_epoch=start_epoch,
+            initial_epoch=backup.restore(model, default=start_epoch),
             validation_data=_validation_feed(validation, config.batch_size),
             callbacks=callbacks,
             verbose=verbose,
@@ -268,6 +249,8 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
             best_so_far = checkpoint.best
         state_dir.mkdir(exist_ok=True)
         atomic_save(lambda p: model.save_weights(p), done_marker)
+        # Only now: a kill before the marker is written resumes from the backup.
+        shutil.rmtree(backup.backup_dir, ignore_errors=True)
         start_epoch = end_epoch
 
 

@@ -1,7 +1,9 @@
-"""Step timing, result records and OOM detection shared by every benchmark worker.
+"""Step timing, result records and progress lines shared by every benchmark worker.
 
-Framework-free on purpose (numpy only): the torchvision baseline runs on machines
-without keras, and the parent process never imports a framework.
+Framework-free on purpose (numpy and `alexnet_k3.core` only, which imports no
+Keras): the torchvision baseline runs on machines without keras, and the parent
+process never imports a framework. The option vocabularies, the out-of-memory
+classifier and the CPU name come from `alexnet_k3.core`, typed once there.
 
 The timing follows timm's `benchmark.py`: warm-up steps (compilation included)
 are timed apart from the measured steps, every step ends with a device
@@ -10,12 +12,16 @@ synchronization before its clock stops, and records are flat dictionaries.
 
 from __future__ import annotations
 
-import platform
+import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from alexnet_k3.core import atomic_write_json
 
 KERAS_IMPLS = ("keras-torch", "keras-jax", "keras-tensorflow")
 BASELINE_IMPLS = ("torchvision-eager", "torchvision-compile")
@@ -23,7 +29,6 @@ IMPLS = KERAS_IMPLS + BASELINE_IMPLS
 MODES = ("train", "infer")
 # Not a mode one asks for with --modes: `--end-to-end` adds these records.
 E2E_MODE = "train-e2e"
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 # Every record carries every one of these keys (None where not applicable or
 # where the run failed; `error` says why).
@@ -49,31 +54,14 @@ RECORD_KEYS = (
     "warmup",
     "peak_memory_bytes",
     "data_format",
+    # The process-wide speed settings the worker ran under (`tune_for_speed()`'s record).
+    "cudnn_benchmark",
+    "keep_freed_memory",
     "variant",
     "num_classes",
     "error",
     "error_detail",
 )
-
-# Substrings (lower case) of the messages of out-of-memory errors: torch
-# ("CUDA out of memory"), jax/XLA ("RESOURCE_EXHAUSTED: Out of memory"),
-# tensorflow ("OOM when allocating tensor"), host allocators ("failed to allocate").
-OOM_MARKERS = (
-    "out of memory",
-    "resource_exhausted",
-    "resourceexhausted",
-    "oom when allocating",
-    "failed to allocate",
-    "cannot allocate memory",
-)
-
-
-def looks_like_oom(exc: BaseException) -> bool:
-    """True for errors that mean "this batch does not fit in memory"."""
-    if isinstance(exc, MemoryError):
-        return True
-    text = f"{type(exc).__name__}: {exc}".lower()
-    return any(marker in text for marker in OOM_MARKERS)
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:
@@ -184,21 +172,40 @@ def error_records(impl: str, config: dict, error: str, detail: str | None = None
     ]
 
 
-def cpu_name() -> str:
-    """The host CPU's model name."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 # Where a worker process keeps its finished records (set by the runner's worker
 # entry), rewritten after each one: a worker that dies later loses nothing measured.
 RESULT_SINK: dict = {"path": None, "records": []}
+
+
+def write_records(path, records: list[dict]) -> None:
+    """Writes a worker's records to `path` atomically.
+
+    The parent may kill a worker at any instant (its timeout): the file then
+    holds the previous complete list or the new one, never half of one.
+    """
+    atomic_write_json(path, records, default=str)
+
+
+def read_records(path: Path) -> tuple[list[dict], str | None]:
+    """A worker's saved records, and why the file could not be read (None when it could).
+
+    No file: no records (the worker ended before its first). A file that is not
+    a JSON list of records (truncated by a kill mid-write, or written by
+    anything else): no records and the parse error, never an exception, so the
+    parent records the failure and goes on with the next worker.
+    """
+    if not path.exists():
+        return [], None
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return [], short_error(exc)
+    keys = ("impl", "mode", "batch_size")
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and all(k in r for k in keys) for r in records
+    ):
+        return [], f"not a JSON list of records with {list(keys)}"
+    return records, None
 
 
 def progress(record: dict, *, save: bool = True) -> None:
@@ -206,13 +213,9 @@ def progress(record: dict, *, save: bool = True) -> None:
 
     The parent relays `[bench]` lines.
     """
-    import json
-    import sys
-
     if save and RESULT_SINK["path"] is not None:
         RESULT_SINK["records"].append(record)
-        with open(RESULT_SINK["path"], "w") as f:
-            json.dump(RESULT_SINK["records"], f, default=str)
+        write_records(RESULT_SINK["path"], RESULT_SINK["records"])
 
     what = f"{record['impl']} {record['mode']} batch {record['batch_size']}"
     if record.get("error"):

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
             times["build"].append(built - direct)
 
     record = {
-        "backend": keras.backend.backend(),
+        "backend": backend.name(),
         "device": backend.device_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

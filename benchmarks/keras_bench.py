@@ -4,9 +4,17 @@ Runs in a process whose `KERAS_BACKEND` the parent set. Synthetic steps time
 `model.train_on_batch` / `model.predict_on_batch` on a batch made on the device
 with `keras.random` (both return host values, so each step has finished when
 they return; `alexnet_k3.backend.synchronize` is called as well). The
-end-to-end figure times a real `model.fit` epoch on the digits (or CIFAR-10),
-uint8 images going through `alexnet_k3.preprocessing.input_pipeline` on the
-device in front of the same network.
+end-to-end figure times a real `model.fit` epoch on the digits (or CIFAR-10):
+the classifier training builds (`alexnet_k3.model.build_classifier`, uint8
+images through the on-device input pipeline, augmentation as training's
+default) in front of the same network.
+
+Training steps are compiled by `alexnet_k3.training.compile_model`, as
+`alexnet-k3 train` compiles them, with `bench_train_config`: SGD with momentum
+0.9 at a learning rate of 0.01, no weight decay, warm-up or label smoothing, the
+loss on one-hot labels. The synthetic steps compile the loss alone
+(`metrics=False`), like the baseline's loss-only step; the end-to-end epoch
+keeps training's metrics.
 
 keras, the backend framework and alexnet_k3 are imported inside `run`, so a
 missing one becomes a reported error, not a crash of the parent.
@@ -14,12 +22,10 @@ missing one becomes a reported error, not a crash of the parent.
 
 from __future__ import annotations
 
-import gc
 import time
 
+from alexnet_k3.core import JIT_SETTINGS
 from benchmarks import common
-
-JIT_ARGS = {"on": True, "off": False, "auto": "auto"}
 
 
 def run(impl: str, config: dict) -> list[dict]:
@@ -36,15 +42,17 @@ def run(impl: str, config: dict) -> list[dict]:
     if config["device"] == "gpu" and kb.accelerator() != "gpu":
         return common.error_records(impl, config, f"no GPU visible to {wanted}")
 
-    kb.tune_for_speed()
+    speed_settings = kb.tune_for_speed()
     data_format = config.get("data_format", "recommended")
     if data_format == "recommended":
         data_format = kb.recommended_image_data_format()
     keras.config.set_image_data_format(data_format)
     compile_kwargs = dict(kb.recommended_compile_kwargs())
     if config["jit"] != "recommended":
-        compile_kwargs["jit_compile"] = JIT_ARGS[config["jit"]]
-    shared = dict(device=kb.device_name(), versions=kb.versions(), data_format=data_format)
+        compile_kwargs["jit_compile"] = JIT_SETTINGS[config["jit"]]
+    shared = dict(
+        device=kb.device_name(), versions=kb.versions(), data_format=data_format, **speed_settings
+    )
 
     records = []
     modes = list(config["modes"])
@@ -63,41 +71,80 @@ def run(impl: str, config: dict) -> list[dict]:
                 record["error"] = "oom" if kb.is_out_of_memory(exc) else common.short_error(exc)
                 record["error_detail"] = common.short_error(exc, limit=2000)
             finally:
-                keras.utils.clear_session(free_memory=True)
-                gc.collect()
+                kb.free_memory()
             records.append(record)
             common.progress(record)
     return records
 
 
-def _build(config, input_shape=None):
+def _set_policy(config) -> None:
+    import keras
+
+    # Set per model: keras.utils.clear_session() (in `free_memory`) resets the global policy.
+    keras.mixed_precision.set_global_policy(config["precision"])
+
+
+def _build(config):
+    """The bare network for the synthetic steps, and its input shape."""
     import keras
 
     import alexnet_k3
 
-    # Set per model: keras.utils.clear_session() resets the global policy.
-    keras.mixed_precision.set_global_policy(config["precision"])
+    _set_policy(config)
     size = config["image_size"]
-    if input_shape is None:
-        input_shape = (
-            (3, size, size)
-            if keras.config.image_data_format() == "channels_first"
-            else (size, size, 3)
-        )
+    channels_first = keras.config.image_data_format() == "channels_first"
+    input_shape = (3, size, size) if channels_first else (size, size, 3)
     model = alexnet_k3.AlexNet(
         num_classes=config["num_classes"], variant=config["variant"], input_shape=input_shape
     )
     return model, input_shape
 
 
-def _compile_for_training(model, compile_kwargs):
+def bench_train_config(config: dict, jit_compile):
+    """The `TrainConfig` the benchmark trains with: constant SGD, nothing else on top.
+
+    SGD with momentum 0.9 at learning rate 0.01 (the baseline's optimizer), no
+    weight decay, warm-up or label smoothing; `jit_compile` as the bench asks.
+    """
+    from alexnet_k3.config import TrainConfig
+
+    train_config = TrainConfig(
+        optimizer="sgd",
+        learning_rate=0.01,
+        weight_decay=0.0,
+        warmup_epochs=0,
+        label_smoothing=0.0,
+        precision=config.get("precision", "float32"),
+        jit_compile=jit_compile,
+    )
+    train_config.validate()
+    return train_config
+
+
+def compile_for_training(model, config: dict, jit_compile, *, steps: int, metrics: bool = False):
+    """Compiles `model` as training does (`alexnet_k3.training.compile_model`).
+
+    `steps`: the training steps training's cosine schedule spans, from 0.01
+    down (the rate's value changes no step's work).
+    """
+    from alexnet_k3.training import compile_model
+
+    compile_model(
+        model,
+        bench_train_config(config, jit_compile),
+        num_classes=config["num_classes"],
+        steps_per_epoch=steps,
+        epochs=1,
+        metrics=metrics,
+    )
+
+
+def synthetic_labels(batch: int, num_classes: int):
+    """One-hot labels made on the device, as `compile_model`'s loss takes them."""
     import keras
 
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        **compile_kwargs,
-    )
+    labels = keras.random.randint((batch,), 0, num_classes, seed=1)
+    return keras.ops.one_hot(labels, num_classes)
 
 
 def synthetic_images(batch: int, input_shape):
@@ -128,17 +175,15 @@ def infer_step_fn(model, x):
 
 
 def _measure(mode, batch, config, compile_kwargs) -> dict:
-    import keras
-
     from alexnet_k3 import backend as kb
 
     kb.reset_peak_memory()
     model, input_shape = _build(config)
     x = synthetic_images(batch, input_shape)
     if mode == "train":
-        _compile_for_training(model, compile_kwargs)
-        y = keras.random.randint((batch,), 0, config["num_classes"], seed=1)
-        step = train_step_fn(model, x, y)
+        steps = config["warmup"] + config["steps"]
+        compile_for_training(model, config, compile_kwargs["jit_compile"], steps=steps)
+        step = train_step_fn(model, x, synthetic_labels(batch, config["num_classes"]))
     else:
         model.compile(**compile_kwargs)
         step = infer_step_fn(model, x)
@@ -156,23 +201,43 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
     (same network, same weights, device-resident float batch, as many images as
     the epoch), so a shared machine's changing load shifts both figures alike.
     """
-    import keras
+    import numpy as np
 
     from alexnet_k3 import backend as kb
-    from alexnet_k3.preprocessing import input_pipeline
+    from alexnet_k3.config import TrainConfig
+    from alexnet_k3.model import build_classifier
+    from alexnet_k3.training import FLIP_AUGMENTATION
 
-    x, y, dataset = load_dataset(config.get("dataset", "digits"))
+    x, labels, dataset = load_dataset(config.get("dataset", "digits"))
+    num_classes = config["num_classes"]
+    if int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"--num-classes {num_classes} is too few for the {dataset} labels "
+            f"(0 to {int(labels.max())}); give at least {int(labels.max()) + 1}."
+        )
+    y = np.eye(num_classes, dtype="float32")[labels]
     kb.reset_peak_memory()
-    network, input_shape = _build(config)
-    inputs = keras.Input(x.shape[1:], dtype="uint8", name="uint8_images")
-    outputs = network(input_pipeline(config["image_size"])(inputs))
-    model = keras.Model(inputs, outputs, name="pipeline_alexnet")
-    _compile_for_training(model, compile_kwargs)
-    _compile_for_training(network, compile_kwargs)
+    _set_policy(config)
+    augment = TrainConfig().augment
+    model = build_classifier(
+        num_classes,
+        variant=config["variant"],
+        image_size=config["image_size"],
+        augment=augment,
+        flip=FLIP_AUGMENTATION.get(dataset, False),
+        raw_shape=x.shape[1:],
+    )
+    network = model.get_layer("alexnet")
+    num_steps = -(-len(x) // batch)
+    # The epoch and its synthetic reference compile alike (training's metrics
+    # included), so the ratio isolates the input pipeline and the feed.
+    jit = compile_kwargs["jit_compile"]
+    compile_for_training(model, config, jit, steps=num_steps, metrics=True)
+    compile_for_training(network, config, jit, steps=num_steps, metrics=True)
     synthetic_step = train_step_fn(
         network,
-        synthetic_images(batch, input_shape),
-        keras.random.randint((batch,), 0, config["num_classes"], seed=1),
+        synthetic_images(batch, network.input_shape[1:]),
+        synthetic_labels(batch, num_classes),
     )
 
     # The synthetic step first: a batch that does not fit fails before any fit compiles.
@@ -188,7 +253,6 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
 
     # As many synthetic images as the epoch has, half before and half after it,
     # so that the reference spans as much wall time as the epoch.
-    num_steps = -(-len(x) // batch)
     steps, warmup = max(config["steps"], -(-num_steps // 2)), config["warmup"]
     before = common.time_steps(synthetic_step, kb.synchronize, warmup=warmup, steps=steps)
     start = time.perf_counter()
@@ -204,6 +268,7 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
         "epoch_seconds": seconds,
         "epoch_images": int(len(x)),
         "dataset": dataset,
+        "augment": augment,
         "synthetic_images_per_sec": synthetic,
         "synthetic_before_images_per_sec": common.summarize(before, batch)["images_per_sec"],
         "synthetic_after_images_per_sec": common.summarize(after, batch)["images_per_sec"],

@@ -12,16 +12,16 @@ Usage (the CLI passes its remaining arguments to `main`):
 Every implementation runs in its own worker process (a process has one Keras
 backend; torch.compile, XLA and thread pools stay out of each other's way). A
 worker that cannot import its framework, runs out of memory at a batch size,
-or dies is recorded with an `error` and the run goes on. `--out FILE.json`
-gets the records, and `FILE.md` (the table) and `FILE.png` (a bar chart)
-go beside it. The markdown table also goes to standard output.
+or dies (its results file unreadable included) is recorded with an `error`
+and the run goes on. `--out FILE.json` gets the records, and `FILE.md` (the
+table) and `FILE.png` (a bar chart) go beside it (`benchmarks/report.py`). The
+markdown table also goes to standard output.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
 import os
 import shutil
@@ -36,17 +36,23 @@ if str(_ROOT) not in sys.path:
     # Loaded by path (the CLI) or run as a file: make `benchmarks` importable.
     sys.path.insert(0, str(_ROOT))
 
-from benchmarks import common  # noqa: E402
+from alexnet_k3.core import (  # noqa: E402 - Keras-free: the parent never imports a framework
+    BACKENDS,
+    DATA_FORMATS,
+    DATASETS,
+    JIT_SETTINGS,
+    PRECISIONS,
+    VARIANTS,
+)
+from benchmarks import common, report  # noqa: E402
 
-BACKENDS = ("torch", "jax", "tensorflow")
-REFERENCE = "torchvision-eager"
-VARIANTS = ("torchvision", "paper", "cifar")
 # Defaults per device: (batch size, steps, warmup). CPU: a quick look; GPU:
 # timm's 40-50 measured steps after enough warm-up for autotuning.
 DEVICE_DEFAULTS = {"cpu": (16, 10, 2), "gpu": (256, 50, 10)}
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The `alexnet-k3 bench` options; choices come from `alexnet_k3.core`."""
     parser = argparse.ArgumentParser(
         prog="alexnet-k3 bench",
         description="Throughput of AlexNet on each Keras backend next to torchvision's "
@@ -54,8 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backends",
-        default="torch,jax,tensorflow",
-        help="comma-separated Keras backends to measure (torch, jax, tensorflow) or 'none'",
+        default=",".join(BACKENDS),
+        help=f"comma-separated Keras backends to measure ({', '.join(BACKENDS)}) or 'none'",
     )
     parser.add_argument(
         "--baselines",
@@ -71,10 +77,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="one or several batch sizes (space or comma separated); default 16 on CPU, 256 on GPU",
     )
     parser.add_argument("--image-size", type=int, default=224, help="square input side")
-    parser.add_argument("--precision", choices=common.PRECISIONS, default="float32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument(
         "--jit",
-        choices=("recommended", "on", "off", "auto"),
+        choices=("recommended", *JIT_SETTINGS),
         default="recommended",
         help="Keras jit_compile: 'recommended' = alexnet_k3.backend.recommended_compile_kwargs() "
         "(the package's default), 'auto' = Keras's own default. The baselines' jit is their "
@@ -103,7 +109,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dataset",
-        choices=("digits", "cifar10"),
+        choices=DATASETS,
         default="digits",
         help="dataset of the --end-to-end epoch",
     )
@@ -116,7 +122,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument(
         "--data-format",
-        choices=("recommended", "channels_last", "channels_first"),
+        choices=DATA_FORMATS,
         default="recommended",
         help="Keras image_data_format of the Keras runs",
     )
@@ -149,6 +155,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="measure nothing: print the table of a saved run and rewrite its .md and .png",
     )
     parser.add_argument("--verbose", action="store_true", help="relay the workers' whole output")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
     return args
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         return _worker_main(argv[1:])
     args = parse_args(argv)
     if args.from_json is not None:
-        return _report_saved(args.from_json, args.out)
+        return report.report_saved(args.from_json, args.out)
     config = worker_config(args)
     impls = [b for b in common.BASELINE_IMPLS if b in args.baselines]
     impls += [f"keras-{b}" for b in args.backends]
@@ -254,33 +265,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.rounds > 1:
                 print(f"[bench] round {round_index + 1}/{args.rounds}", file=sys.stderr)
             measured += run_impl(impl, config, timeout=args.timeout, verbose=args.verbose)
-    records = merge_rounds(measured)
-    add_ratios(records)
-    table = format_table(records, config)
+    records = report.merge_rounds(measured)
+    report.add_ratios(records)
+    table = report.format_table(records, config)
     print(table)
     if args.out is not None:
-        save(records, table, args.out)
+        report.save(records, table, args.out)
     return 0 if any(r.get("images_per_sec") for r in records) else 1
-
-
-def _report_saved(path: Path, out: Path | None) -> int:
-    records = json.loads(path.read_text())
-    first = next((r for r in records if r["mode"] != common.E2E_MODE), records[0])
-    config = {
-        "variant": first.get("variant"),
-        "image_size": first.get("image_size"),
-        "precision": first.get("precision"),
-        "jit": first.get("jit_requested"),
-        "device": first.get("device_type"),
-        "steps": first.get("steps"),
-        "warmup": first.get("warmup"),
-        "rounds": first.get("rounds") or 1,
-    }
-    add_ratios(records)
-    table = format_table(records, config)
-    print(table)
-    save(records, table, out or path)
-    return 0
 
 
 def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool = False):
@@ -311,19 +302,23 @@ def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool 
             str(result_path),
         ]
         returncode, tail, timed_out = _stream(command, env, timeout, verbose)
-        records = json.loads(result_path.read_text()) if result_path.exists() else []
+        records, unreadable = common.read_records(result_path)
     if returncode != 0 or not records:
+        reasons = []
         if timed_out:
-            reason = f"worker timed out after {timeout:g} s"
+            reasons.append(f"worker timed out after {timeout:g} s")
         elif returncode is not None and returncode < 0:
-            reason = f"worker killed by signal {-returncode} (out of host memory?)"
-        else:
-            reason = f"worker failed (exit code {returncode})"
+            reasons.append(f"worker killed by signal {-returncode} (out of host memory?)")
+        elif returncode != 0 or unreadable is None:
+            reasons.append(f"worker failed (exit code {returncode})")
         last = next((line for line in reversed(tail) if line.strip()), "")
+        if unreadable is not None:
+            reasons.append("the worker's results file was unreadable")
+            last = f"{unreadable}; last output: {last}" if last else unreadable
         done = {(r["mode"], r["batch_size"]) for r in records}
         records += [
             r
-            for r in common.error_records(impl, config, reason, detail=last or None)
+            for r in common.error_records(impl, config, "; ".join(reasons), detail=last or None)
             if (r["mode"], r["batch_size"]) not in done
         ]
     return records
@@ -391,185 +386,8 @@ def _worker_main(argv: list[str]) -> int:
         if rest:
             common.progress(rest[0], save=False)
         records += rest
-    Path(result_path).write_text(json.dumps(records, default=str))
+    common.write_records(result_path, records)
     return 0
-
-
-def merge_rounds(records: list[dict]) -> list[dict]:
-    """One record per (impl, mode, batch): the round with the median images/s.
-
-    With an even number of good rounds the slower middle one is kept. Failed
-    rounds count only when every round failed. Each record lists all rounds'
-    figures in `rounds_images_per_sec`.
-    """
-    groups: dict[tuple, list[dict]] = {}
-    for record in records:
-        groups.setdefault((record["impl"], record["mode"], record["batch_size"]), []).append(record)
-    merged = []
-    for group in groups.values():
-        good = sorted(
-            (r for r in group if r.get("images_per_sec")), key=lambda r: r["images_per_sec"]
-        )
-        chosen = dict(good[(len(good) - 1) // 2] if good else group[0])
-        chosen["rounds"] = len(group)
-        chosen["rounds_images_per_sec"] = [r.get("images_per_sec") for r in group]
-        merged.append(chosen)
-    return merged
-
-
-def add_ratios(records: list[dict]) -> None:
-    """Adds `ratio_vs_<baseline>`: images/s over the baseline's at the same mode and batch."""
-    for baseline in common.BASELINE_IMPLS:
-        reference = {
-            (r["mode"], r["batch_size"]): r["images_per_sec"]
-            for r in records
-            if r["impl"] == baseline and r.get("images_per_sec")
-        }
-        key = "ratio_vs_" + baseline.replace("-", "_")
-        for record in records:
-            base = reference.get((record["mode"], record["batch_size"]))
-            value = record.get("images_per_sec")
-            record[key] = value / base if value and base else None
-
-
-def _fmt(value, spec: str, missing: str = "—") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def _order(record):
-    order = (*common.BASELINE_IMPLS, *common.KERAS_IMPLS)
-    impl_rank = order.index(record["impl"]) if record["impl"] in order else len(order)
-    modes = (*common.MODES, common.E2E_MODE)
-    return (modes.index(record["mode"]), record["batch_size"], impl_rank)
-
-
-def format_table(records: list[dict], config: dict) -> str:
-    """Markdown: one row per record with its ratios; end-to-end rows in a second table."""
-    synthetic = sorted((r for r in records if r["mode"] != common.E2E_MODE), key=_order)
-    e2e = sorted((r for r in records if r["mode"] == common.E2E_MODE), key=_order)
-    devices = sorted({r["device"] for r in records if r.get("device")})
-    lines = [
-        f"AlexNet ({config['variant']}) {config['image_size']}x{config['image_size']}, "
-        f"{config['precision']}, jit {config['jit']}, device {config['device']}"
-        f" ({'; '.join(devices) or 'unknown'}), {config['steps']} steps after "
-        f"{config['warmup']} warm-up"
-        + (f", median of {config['rounds']} rounds" if config.get("rounds", 1) > 1 else ""),
-        "",
-        "| impl | mode | batch | images/s | step ms median | step ms p90 | compile s | jit "
-        "| x torchvision-eager | x torchvision-compile | note |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
-    ]
-    for r in synthetic:
-        lines.append(
-            f"| {r['impl']} | {r['mode']} | {r['batch_size']} | {_fmt(r['images_per_sec'], '.1f')} "
-            f"| {_fmt(r['step_ms_median'], '.1f')} | {_fmt(r['step_ms_p90'], '.1f')} "
-            f"| {_fmt(r['compile_seconds'], '.1f')} | {_fmt(r.get('jit'), '')} "
-            f"| {_fmt(r.get('ratio_vs_torchvision_eager'), '.2f')} "
-            f"| {_fmt(r.get('ratio_vs_torchvision_compile'), '.2f')} | {r.get('error') or ''} |"
-        )
-    if e2e:
-        lines += [
-            "",
-            "End to end: one real `fit` epoch, uint8 images through the on-device input "
-            "pipeline, vs synthetic device-resident steps at the same settings",
-            "",
-            "| impl | batch | dataset | epoch images/s | synthetic images/s | e2e / synthetic "
-            "| note |",
-            "|---|---:|---|---:|---:|---:|---|",
-        ]
-        for r in e2e:
-            lines.append(
-                f"| {r['impl']} | {r['batch_size']} | {r.get('dataset') or '—'} "
-                f"| {_fmt(r['images_per_sec'], '.1f')} "
-                f"| {_fmt(r.get('synthetic_images_per_sec'), '.1f')} "
-                f"| {_fmt(r.get('e2e_ratio'), '.0%')} | {r.get('error') or ''} |"
-            )
-    return "\n".join(lines)
-
-
-def save(records: list[dict], table: str, out: Path) -> None:
-    """Writes FILE.json (records), FILE.md (settings, versions, table) and FILE.png (chart)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=2, default=str) + "\n")
-    versions = {}
-    for r in records:
-        if r.get("versions"):
-            versions[r["impl"]] = ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v)
-    header = [f"# AlexNet throughput ({datetime.date.today().isoformat()})", ""]
-    note = next((r.get("note") for r in records if r.get("note")), None)
-    if note:
-        header += [note, ""]
-    header += [f"- {impl}: {text}" for impl, text in versions.items()] + [""]
-    out.with_suffix(".md").write_text("\n".join(header) + "\n" + table + "\n")
-    chart = plot(records, out.with_suffix(".png"))
-    print(
-        f"[bench] wrote {out}, {out.with_suffix('.md')}"
-        + (f", {chart}" if chart else " (no chart: matplotlib missing)"),
-        file=sys.stderr,
-    )
-
-
-def plot(records: list[dict], path: Path) -> Path | None:
-    """Grouped bars of images/s per (mode, batch), one bar per implementation."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    records = sorted(records, key=_order)
-    groups = list(dict.fromkeys((r["mode"], r["batch_size"]) for r in records))
-    impls = list(dict.fromkeys(r["impl"] for r in records))
-    width = 0.8 / max(1, len(impls))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) * max(1, len(impls)) ** 0.5), 4.5))
-    by_key = {(r["impl"], r["mode"], r["batch_size"]): r for r in records}
-    top = max((r["images_per_sec"] or 0 for r in records), default=0) or 1.0
-    for i, impl in enumerate(impls):
-        xs, heights = [], []
-        for g, (mode, batch) in enumerate(groups):
-            r = by_key.get((impl, mode, batch))
-            if r is None:
-                continue
-            x = g - 0.4 + width * (i + 0.5)
-            value = r.get("images_per_sec") or 0.0
-            xs.append(x)
-            heights.append(value)
-            if r.get("error"):
-                label = "oom" if r["error"] == "oom" else r["error"].split(":")[0][:12]
-                ax.text(x, top * 0.02, label, rotation=90, ha="center", va="bottom", fontsize=7)
-            elif r.get("e2e_ratio"):
-                ax.text(
-                    x,
-                    value,
-                    f"{r['e2e_ratio']:.0%}\nof synth.",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
-            elif r.get("ratio_vs_torchvision_eager"):
-                ax.text(
-                    x,
-                    value,
-                    f"{r['ratio_vs_torchvision_eager']:.2f}x",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
-        ax.bar(xs, heights, width, label=impl)
-    ax.set_xticks(range(len(groups)), [f"{m}\nbatch {b}" for m, b in groups])
-    ax.set_ylabel("images / s")
-    first = records[0] if records else {}
-    ax.set_title(
-        f"AlexNet {first.get('image_size')}px {first.get('precision')} on "
-        f"{first.get('device_type')} (labels: x torchvision-eager; end to end: % of synthetic)",
-        fontsize=10,
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 if __name__ == "__main__":

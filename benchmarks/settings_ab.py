@@ -13,8 +13,10 @@ channels_first (NCHW input, or the NHWC-memory input the pipeline's `Permute`
 gives), and with --jit Keras `jit_compile=True` and torchvision-compile.
 tensorflow: Keras with and without XLA. jax: channels_last vs channels_first.
 All of them run with `alexnet_k3.backend.keep_freed_memory()`, the package's
-CPU default. Training steps (SGD momentum 0.9) on a batch generated on the
-device.
+CPU default. Training steps on a batch generated on the device, built by the
+benchmark workers' own functions: Keras compiled by `alexnet_k3.training.compile_model`
+(`keras_bench.compile_for_training`: SGD momentum 0.9, loss only), torchvision by
+`torchvision_baseline.make_step`.
 
 `--malloc` compares that malloc setting itself. It cannot be interleaved in
 one process (freed memory kept in the heap by one step is reused by the next,
@@ -33,48 +35,36 @@ import subprocess
 import sys
 import time
 
+NUM_CLASSES = 1000
+
 
 def keras_step(data_format: str, jit, batch: int, size: int, nhwc_memory: bool = True):
+    """A Keras training step as the benchmark's synthetic `train` rows time it."""
     import keras
 
     import alexnet_k3
-    from benchmarks.keras_bench import synthetic_images
+    from benchmarks.keras_bench import compile_for_training, synthetic_images, synthetic_labels
 
     keras.config.set_image_data_format(data_format)
     shape = (size, size, 3) if data_format == "channels_last" else (3, size, size)
-    model = alexnet_k3.AlexNet(input_shape=shape)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=jit,
-    )
+    model = alexnet_k3.AlexNet(num_classes=NUM_CLASSES, input_shape=shape)
+    config = {"num_classes": NUM_CLASSES, "precision": "float32"}
+    compile_for_training(model, config, jit, steps=1000)
     if nhwc_memory:
         x = synthetic_images(batch, shape)
     else:
         x = keras.random.normal((batch, *shape), seed=0)
-    y = keras.random.randint((batch,), 0, 1000, seed=1)
+    y = synthetic_labels(batch, NUM_CLASSES)
     return lambda: model.train_on_batch(x, y)
 
 
 def torchvision_step(channels_last: bool, compiled: bool, batch: int, size: int):
-    import torch
-    import torchvision
+    """torchvision's eager or compiled training step on the CPU, as the baseline times it."""
+    from benchmarks.torchvision_baseline import make_step
 
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = torchvision.models.alexnet().to(memory_format=memory_format)
-    forward = torch.compile(model) if compiled else model
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)
-    y = torch.randint(0, 1000, (batch,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    criterion = torch.nn.CrossEntropyLoss()
-
-    def step():
-        loss = criterion(forward(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return make_step(
+        "train", batch, size, NUM_CLASSES, compiled=compiled, channels_last=channels_last
+    )
 
 
 def main(argv=None) -> int:
@@ -91,12 +81,10 @@ def main(argv=None) -> int:
         return _child(args)
     if args.malloc:
         return _malloc_ab(args)
-    import keras
+    from alexnet_k3 import backend as kb
 
-    from alexnet_k3.backend import keep_freed_memory
-
-    keep_freed_memory()
-    backend, batch, size = keras.config.backend(), args.batch_size, args.image_size
+    kb.keep_freed_memory()
+    backend, batch, size = kb.name(), args.batch_size, args.image_size
     steps = {}
     if backend == "torch":
         steps["torchvision-eager-nhwc"] = torchvision_step(True, False, batch, size)

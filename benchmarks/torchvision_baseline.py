@@ -3,7 +3,12 @@
 A training step is forward, `CrossEntropyLoss`, backward and an SGD-momentum
 update, as in the Keras runs; inputs are generated on the device. Mixed
 precision uses `torch.autocast` (plus a `GradScaler` for float16). Runs without
-keras: only torch and torchvision are imported, and only inside `run`.
+keras: only torch and torchvision are imported, and only inside the functions
+(`alexnet_k3.core`, the out-of-memory classifier and the CPU name, imports no
+framework). `make_step` is the step itself, which `settings_ab.py` times too.
+
+The process keeps glibc's malloc as it is, even on a CPU, where the Keras
+worker's `tune_for_speed()` applies `keep_freed_memory()` (issue #18).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import gc
 import platform
 
+from alexnet_k3.core import cpu_name, is_out_of_memory
 from benchmarks import common
 
 AMP_DTYPES = {"float32": None, "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
@@ -25,16 +31,6 @@ def channels_last_default(device_type: str) -> bool:
     oneDNN, 2-core Xeon, batch 16, 224x224, float32 training).
     """
     return device_type in ("gpu", "cpu")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's out-of-memory errors, or anything whose message says so."""
-    import torch
-
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(
-        torch.cuda, "OutOfMemoryError", None
-    )
-    return (oom_type is not None and isinstance(exc, oom_type)) or common.looks_like_oom(exc)
 
 
 def run(impl: str, config: dict) -> list[dict]:
@@ -52,7 +48,7 @@ def run(impl: str, config: dict) -> list[dict]:
         torch.backends.cudnn.benchmark = True
     else:
         device = torch.device("cpu")
-        device_name = common.cpu_name()
+        device_name = cpu_name()
     memory_format = config.get("torch_memory_format", "auto")
     channels_last = (
         channels_last_default(config["device"])
@@ -63,6 +59,8 @@ def run(impl: str, config: dict) -> list[dict]:
         device=device_name,
         jit=compiled,
         data_format="channels_last" if channels_last else "channels_first",
+        cudnn_benchmark=device.type == "cuda",
+        keep_freed_memory=False,
         versions={
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -90,43 +88,19 @@ def run(impl: str, config: dict) -> list[dict]:
 
 def _measure(mode, batch, config, device, compiled, channels_last) -> dict:
     import torch
-    import torchvision
 
-    size, num_classes = config["image_size"], config["num_classes"]
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = torchvision.models.alexnet(num_classes=num_classes)
-    model = model.to(device, memory_format=memory_format)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
-    y = torch.randint(0, num_classes, (batch,), device=device)
-    amp_dtype = AMP_DTYPES[config["precision"]]
-    autocast = torch.autocast(
-        device.type, dtype=getattr(torch, amp_dtype or "float32"), enabled=amp_dtype is not None
+    step = make_step(
+        mode,
+        batch,
+        config["image_size"],
+        config["num_classes"],
+        device,
+        compiled=compiled,
+        channels_last=channels_last,
+        precision=config["precision"],
     )
-    forward = torch.compile(model) if compiled else model
-
-    if mode == "train":
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        criterion = torch.nn.CrossEntropyLoss()
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == "float16")
-
-        def step():
-            with autocast:
-                loss = criterion(forward(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            return loss
-
-    else:
-        model.eval()
-
-        def step():
-            with torch.inference_mode(), autocast:
-                return forward(x)
 
     def synchronize(value):
         if device.type == "cuda":
@@ -138,3 +112,71 @@ def _measure(mode, batch, config, device, compiled, channels_last) -> dict:
     if device.type == "cuda":
         result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
     return result
+
+
+def make_step(
+    mode: str,
+    batch: int,
+    size: int,
+    num_classes: int = 1000,
+    device=None,
+    *,
+    compiled: bool = False,
+    channels_last: bool = True,
+    precision: str = "float32",
+):
+    """One step of torchvision's AlexNet on a batch generated on `device` (default: the CPU).
+
+    Args:
+        mode: "train" (forward, `CrossEntropyLoss`, backward, SGD with momentum
+            0.9 at learning rate 0.01; returns the loss) or "infer" (a forward
+            pass under `torch.inference_mode()`; returns the logits).
+        batch, size, num_classes: the batch's size, its square image side, the classes.
+        device: a `torch.device`.
+        compiled: `torch.compile` the model (the optimizer step stays eager, as timm does).
+        channels_last: model and batch in torch's channels_last memory format.
+        precision: a Keras dtype policy name; mixed ones run under `torch.autocast`
+            (and a `GradScaler` for float16).
+
+    Example:
+        >>> step = make_step("train", 16, 224)
+        >>> loss = step()
+    """
+    import torch
+    import torchvision
+
+    device = torch.device("cpu") if device is None else device
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = torchvision.models.alexnet(num_classes=num_classes)
+    model = model.to(device, memory_format=memory_format)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    amp_dtype = AMP_DTYPES[precision]
+    autocast = torch.autocast(
+        device.type, dtype=getattr(torch, amp_dtype or "float32"), enabled=amp_dtype is not None
+    )
+    forward = torch.compile(model) if compiled else model
+    if mode != "train":
+        model.eval()
+
+        def infer():
+            with torch.inference_mode(), autocast:
+                return forward(x)
+
+        return infer
+
+    model.train()
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    criterion = torch.nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == "float16")
+
+    def train():
+        with autocast:
+            loss = criterion(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
+
+    return train

@@ -1,4 +1,4 @@
-"""The backend module's speed settings do what their docstrings say they do."""
+"""The backend package: its speed settings do what their docstrings say, per backend."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from alexnet_k3 import backend as kb
+from alexnet_k3.backend import info
 from alexnet_k3.preprocessing import input_pipeline
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -91,3 +92,49 @@ def test_array_feed_gives_every_image_once_per_epoch_reshuffled():
     assert len({tuple(e) for e in epochs}) > 1  # a new order each epoch
     images_only = kb.array_feed(x, batch_size=4)["x"]
     np.testing.assert_array_equal(np.concatenate([b.numpy() for b in images_only]), x)
+
+
+@pytest.mark.parametrize(
+    "backend, compile_kwargs, data_format",
+    [
+        ("torch", {"jit_compile": False}, "channels_first"),
+        ("jax", {"jit_compile": True}, "channels_last"),
+        ("tensorflow", {"jit_compile": False}, "channels_last"),
+    ],
+)
+def test_recommendations_per_backend_read_info(monkeypatch, backend, compile_kwargs, data_format):
+    # Every module of the package asks `info.name()`: one patch there reaches them all.
+    monkeypatch.setattr(info, "name", lambda: backend)
+    monkeypatch.setattr(info, "accelerator", lambda: "cpu")
+    assert kb.recommended_compile_kwargs() == compile_kwargs
+    assert kb.recommended_image_data_format() == data_format
+    if backend != "jax":  # jax asks jax whether it runs on a TPU
+        assert kb.recommended_precision() == "float32"
+    assert kb.tune_for_speed(keep_freed=False)["cudnn_benchmark"] is False
+    kb.check_image_data_format("channels_last")
+    if backend == "tensorflow":
+        with pytest.raises(ValueError, match="channels_first.*without a GPU"):
+            kb.check_image_data_format("channels_first")
+    else:
+        kb.check_image_data_format("channels_first")
+
+
+def test_free_memory_clears_keras_state_and_the_cuda_cache(monkeypatch):
+    emptied = []
+    if kb.name() == "torch":
+        # What an out-of-memory error on a GPU leaves: the CUDA cache to give back.
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    keras.layers.Dense(1)
+    kb.free_memory()
+    assert keras.layers.Dense(1).name == "dense"  # Keras's global state was cleared
+    assert emptied == ([True] if kb.name() == "torch" else [])
+
+
+def test_backend_package_reexports_core():
+    from alexnet_k3 import core
+
+    assert kb.is_out_of_memory is core.is_out_of_memory
+    assert not hasattr(kb, "BACKENDS")  # the vocabulary lives in core

@@ -1,4 +1,4 @@
-"""The benchmark runner's plumbing on tiny settings: records, ratios, OOM, missing backends.
+"""The benchmark runner's plumbing on tiny settings: records, ratios, OOM, failing workers.
 
 Run once per backend process (`KERAS_BACKEND=jax pytest tests/test_bench.py`). Speed is
 not asserted here; the figures live in benchmarks/results/.
@@ -17,10 +17,11 @@ import keras
 import pytest
 
 from alexnet_k3 import backend as kb
+from alexnet_k3 import core
 
 # benchmarks/ is a folder of the repository, not part of the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import common, keras_bench, runner  # noqa: E402
+from benchmarks import common, keras_bench, report, runner  # noqa: E402
 
 BACKEND = kb.name()
 IMPL = f"keras-{BACKEND}"
@@ -173,10 +174,19 @@ def test_end_to_end_ratio(worker_records):
 
 
 def test_out_of_memory_classification():
+    # One classifier: the backend's is core's, which the torchvision worker uses too.
+    assert kb.is_out_of_memory is core.is_out_of_memory
     assert kb.is_out_of_memory(backend_oom_error())
     assert kb.is_out_of_memory(MemoryError())
     assert not kb.is_out_of_memory(ValueError("Input 0 of layer conv1 is incompatible"))
-    assert common.looks_like_oom(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
+    assert kb.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
+
+
+def test_worker_records_name_the_speed_settings(worker_records):
+    applied = kb.tune_for_speed()
+    for record in worker_records:
+        assert record["cudnn_benchmark"] == applied["cudnn_benchmark"]
+        assert record["keep_freed_memory"] == applied["keep_freed_memory"]
 
 
 def test_parent_runs_workers_and_computes_ratios(tmp_path, capsys):
@@ -232,19 +242,23 @@ def test_parent_runs_workers_and_computes_ratios(tmp_path, capsys):
     assert json.loads(copy.read_text()) == records
 
 
-def test_missing_backend_reported(tmp_path, monkeypatch, capsys):
-    # The worker's framework import fails as on a machine without it installed.
-    framework = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}[BACKEND]
-    shadow = tmp_path / "shadow" / framework
+def _shadow_framework(tmp_path, monkeypatch, code: str) -> None:
+    """Worker processes import `code` as this backend's framework (which Keras imports first)."""
+    shadow = tmp_path / "shadow" / BACKEND
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(
-        textwrap.dedent(f"""
-        raise ModuleNotFoundError("No module named {framework!r}", name={framework!r})
-    """)
-    )
+    (shadow / "__init__.py").write_text(textwrap.dedent(code))
     monkeypatch.setenv(
         "PYTHONPATH",
         os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")])),
+    )
+
+
+def test_missing_backend_reported(tmp_path, monkeypatch, capsys):
+    # The worker's framework import fails as on a machine without it installed.
+    framework = BACKEND
+    message = f"No module named {framework!r}"
+    _shadow_framework(
+        tmp_path, monkeypatch, f"raise ModuleNotFoundError({message!r}, name={framework!r})"
     )
     code = runner.main(
         [
@@ -270,6 +284,48 @@ def test_missing_backend_reported(tmp_path, monkeypatch, capsys):
         assert record["error"] == f"missing: No module named {framework!r}"
         assert record["images_per_sec"] is None
     assert table.count(f"missing: No module named {framework!r}") == 2
+
+
+@pytest.mark.parametrize("death", ["killed", "exits"])
+def test_truncated_results_file_is_recorded_not_raised(tmp_path, monkeypatch, death):
+    # A worker leaves half a results file (killed mid-write, or a plain bug) and ends:
+    # the parent turns it into error records and goes on; it never raises.
+    end = "os.kill(os.getpid(), signal.SIGKILL)" if death == "killed" else "os._exit(0)"
+    _shadow_framework(
+        tmp_path,
+        monkeypatch,
+        f"""
+        import json, os, signal, sys
+        text = json.dumps([{{"impl": {IMPL!r}, "mode": "train", "batch_size": 2}}])
+        with open(sys.argv[-1], "w") as f:  # runner --worker IMPL CONFIG RESULTS
+            f.write(text[: len(text) // 2])
+        {end}
+        """,
+    )
+    config = {**TINY, "modes": ["train"], "end_to_end": False}
+    records = runner.run_impl(IMPL, config, timeout=600)
+    assert [(r["mode"], r["batch_size"]) for r in records] == [("train", 2), ("train", 4)]
+    for record in records:
+        assert "results file was unreadable" in record["error"], record
+        assert "JSONDecodeError" in record["error_detail"]
+        assert record["images_per_sec"] is None
+        assert set(common.RECORD_KEYS) <= set(record)
+    if death == "killed":
+        assert records[0]["error"].startswith("worker killed by signal 9")
+    # The rest of a run goes on: the records make a table.
+    assert "results file was unreadable" in report.format_table(records, config)
+
+
+def test_worker_results_are_written_atomically(tmp_path, monkeypatch):
+    # Every save replaces the whole file: a kill leaves the previous list or the new one.
+    path = tmp_path / "records.json"
+    writes = []
+    monkeypatch.setattr(common, "atomic_write_json", lambda p, v, **k: writes.append((p, v)))
+    monkeypatch.setitem(common.RESULT_SINK, "path", str(path))
+    monkeypatch.setitem(common.RESULT_SINK, "records", [])
+    record = common.new_record(IMPL, "train", 2, TINY, images_per_sec=1.0, step_ms_median=1.0)
+    common.progress(record)
+    assert writes == [(str(path), [record])] and not path.exists()
 
 
 def test_worker_that_dies_is_recorded():
@@ -305,8 +361,8 @@ def test_table_from_records_without_a_run():
         common.new_record("torchvision-compile", "train", 16, config, error="oom"),
         common.new_record(IMPL, "train", 16, config, images_per_sec=15.0, device="cpu0"),
     ]
-    runner.add_ratios(records)
-    table = runner.format_table(records, config)
+    report.add_ratios(records)
+    table = report.format_table(records, config)
     assert records[2]["ratio_vs_torchvision_eager"] == pytest.approx(1.5)
     assert records[2]["ratio_vs_torchvision_compile"] is None
     assert "| 1.50 |" in table and "| oom |" in table
@@ -318,9 +374,9 @@ def test_rounds_keep_the_median_round():
         common.new_record(IMPL, "train", 16, config, images_per_sec=value, error=error)
         for value, error in [(30.0, None), (None, "oom"), (10.0, None), (20.0, None)]
     ]
-    (merged,) = runner.merge_rounds(rounds)
+    (merged,) = report.merge_rounds(rounds)
     assert merged["images_per_sec"] == 20.0
     assert merged["rounds"] == 4
     assert merged["rounds_images_per_sec"] == [30.0, None, 10.0, 20.0]
-    (failed,) = runner.merge_rounds([rounds[1]])
+    (failed,) = report.merge_rounds([rounds[1]])
     assert failed["error"] == "oom" and failed["rounds"] == 1

@@ -87,7 +87,16 @@ def finished_run(tmp_path_factory):
     from alexnet_k3.training import train
 
     out = tmp_path_factory.mktemp("runs") / "wd"
-    train(out, epochs=1, batch_size=256, weight_decay=0.001, validation_split=0.0, verbose=0)
+    metrics = train(
+        out,
+        epochs=1,
+        batch_size=256,
+        weight_decay=0.001,
+        validation_split=0.0,
+        keep_freed_memory=False,
+        verbose=0,
+    )
+    assert metrics["keep_freed_memory"] is False  # turned off, and recorded so
     return out
 
 

@@ -9,11 +9,8 @@ in its place.
 """
 
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -62,22 +59,8 @@ def test_readme_commands_are_all_accounted_for():
             pytest.fail(f"README command {argv} is neither run by a test nor by CI")
 
 
-def _run(argv, cwd, env, expect_ok=True):
-    result = subprocess.run(
-        [sys.executable, "-m", "alexnet_k3", *argv[1:]],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if expect_ok:
-        assert result.returncode == 0, f"{argv}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 @pytest.mark.slow
-def test_readme_cli_commands(tmp_path):
+def test_readme_cli_commands(tmp_path, run_cli):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     data = write_cifar10(tmp_path / "cifar", n_train=40, n_test=20, as_tarball=True)
@@ -85,14 +68,16 @@ def test_readme_cli_commands(tmp_path):
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), checkpoint)
     env = {
-        **os.environ,
-        "KERAS_BACKEND": BACKEND,
         "ALEXNET_K3_DATA": str(data),
         "TORCH_HOME": str(tmp_path / "torch-home"),  # empty cache: "imagenet" must fail cleanly
         "KERAS_HOME": str(tmp_path / "keras-home"),
         "JAX_NUM_CPU_DEVICES": "2",  # for the data-parallel command
     }
     quick = ["--epochs", "1", "--verbose", "0"]
+
+    def run(argv, expect_ok=True):  # argv[0] is "alexnet-k3"
+        return run_cli(*argv[1:], cwd=tmp_path, env=env, timeout=900, expect_ok=expect_ok)
+
     ran = 0
     for argv in COMMANDS:
         if argv[0] != "alexnet-k3":
@@ -100,36 +85,36 @@ def test_readme_cli_commands(tmp_path):
         ran += 1
         command = argv[1]
         if command == "train" and "--resume" in argv:
-            result = _run(argv, tmp_path, env)
+            result = run(argv)
             assert "nothing to resume" in result.stdout
         elif command == "train" and "imagenet" in argv:
-            offline = _run(argv, tmp_path, env, expect_ok=False)
+            offline = run(argv, expect_ok=False)
             assert offline.returncode == 2
             assert "alexnet-owt-7be5be79.pth" in offline.stderr
             assert str(tmp_path / "torch-home") in offline.stderr
             argv = [str(checkpoint) if a == "imagenet" else a for a in argv]
-            _run(argv + ["--epochs", "2", "--freeze-epochs", "1", "--verbose", "0"], tmp_path, env)
+            run(argv + ["--epochs", "2", "--freeze-epochs", "1", "--verbose", "0"])
             metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
             assert metrics["mode"] == "transfer" and metrics["epochs"] == 2
         elif command == "train":
-            _run(argv + quick, tmp_path, env)
+            run(argv + quick)
             metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
             if "--data-parallel" in argv:
                 assert metrics["devices"] == 2
         elif command == "convert":
-            offline = _run(argv, tmp_path, env, expect_ok=False)
+            offline = run(argv, expect_ok=False)
             assert offline.returncode == 2 and "alexnet-owt-7be5be79.pth" in offline.stderr
             converted = [a if a != "imagenet" else str(checkpoint) for a in argv]
-            _run(converted, tmp_path, env)
+            run(converted)
             assert (tmp_path / _option(argv, "--out")).is_file()
         elif command == "info":
-            assert "backend: jax" in _run(argv, tmp_path, env).stdout
+            assert "backend: jax" in run(argv).stdout
         elif command == "evaluate":
-            _run(argv, tmp_path, env)
+            run(argv)
             metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
             assert metrics["backend"] == "jax" and metrics["trained_on_backend"] == BACKEND
         elif command == "compare":
-            table = _run(argv, tmp_path, env).stdout
+            table = run(argv).stdout
             assert table == (tmp_path / _option(argv, "--out")).read_text()
             assert table.count("\n") == 2 + len(argv) - 4
         else:

@@ -72,6 +72,9 @@ def test_run_folder_holds_every_output(digits_run):
     assert "## Per class (all test images)" in report
     assert all(f"\n| {name} | " in report for name in metrics["class_names"])
     assert not (out / "state").exists()  # backups are removed once the run is complete
+    # The process-wide malloc setting is a default of train(), applied on torch's CPU.
+    torch_on_linux_cpu = BACKEND == "torch" and sys.platform == "linux"
+    assert saved["keep_freed_memory"] is torch_on_linux_cpu
 
 
 @pytest.mark.slow
@@ -87,12 +90,11 @@ def test_per_class_accuracy_agrees_with_the_confusion_matrix(digits_run):
 
 
 @pytest.mark.slow
-def test_saved_model_evaluates_identically_in_a_new_process(digits_run, tmp_path):
+def test_saved_model_evaluates_identically_in_a_new_process(digits_run, tmp_path, run_cli):
     out, metrics = digits_run
     other = {"torch": "jax", "jax": "tensorflow", "tensorflow": "torch"}[BACKEND]
-    result = _cli(
-        ["evaluate", str(out / "model.keras"), "--dataset", "digits", "--out", str(tmp_path)],
-        backend=other,
+    result = run_cli(
+        "evaluate", out / "model.keras", "--dataset", "digits", "--out", tmp_path, backend=other
     )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
@@ -102,18 +104,6 @@ def test_saved_model_evaluates_identically_in_a_new_process(digits_run, tmp_path
     # Float rounding differs between backends; at most a near-tie may flip.
     flips = np.abs(np.subtract(evaluated["confusion_matrix"], metrics["confusion_matrix"])).sum()
     assert flips <= 2
-
-
-def _cli(args, backend=BACKEND, **kwargs):
-    env = {**os.environ, "KERAS_BACKEND": backend}
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_k3", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        **kwargs,
-    )
 
 
 @pytest.mark.slow
@@ -207,5 +197,25 @@ def test_resume_needs_a_run_and_a_new_run_needs_a_free_folder(tmp_path):
     (tmp_path / "taken" / "config.json").write_text(json.dumps({"dataset": "digits"}))
     with pytest.raises(FileExistsError, match="resume"):
         train(tmp_path / "taken", dataset="digits")
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="dataset='cifar10' was asked for, the run has dataset="):
         train(tmp_path / "taken", resume=True, dataset="cifar10")
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a limit of TensorFlow on a CPU")
+def test_channels_first_on_tensorflow_without_a_gpu_is_refused_before_the_run(tmp_path):
+    with pytest.raises(ValueError, match="no channels_first convolutions on a CPU"):
+        train(tmp_path / "run", data_format="channels_first")
+    assert not (tmp_path / "run").exists()
+    # A model saved channels_first (torch's default layout) is refused when loaded, not
+    # at its first prediction deep inside TensorFlow.
+    from alexnet_k3.evaluation import load_model
+    from alexnet_k3.model import build_classifier
+
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        build_classifier(10).save(tmp_path / "torch-layout.keras")
+    finally:
+        keras.config.set_image_data_format(previous)
+    with pytest.raises(ValueError, match="--backend torch or --backend jax"):
+        load_model(tmp_path / "torch-layout.keras")

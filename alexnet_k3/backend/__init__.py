@@ -1,0 +1,62 @@
+"""The only part of the package that looks at which Keras backend is active.
+
+Everything else is backend-agnostic and calls `from alexnet_k3 import backend`,
+then `backend.device_name()` and so on. What cannot be agnostic lives here, by job:
+
+- `info`: the backend's name (the one `keras.config.backend()` call), versions,
+  device, synchronizing before a clock stops, peak memory, freeing memory;
+- `feed`: how in-memory arrays reach `fit` (`array_feed`);
+- `speed`: the recommended compile settings, data format and precision, and
+  the process-wide tuning (`tune_for_speed`, glibc's `keep_freed_memory`);
+- `parallel`: data-parallel training (`DataParallel`, `replicas_holding`).
+
+Backend frameworks are imported lazily, inside the functions that need them.
+The modules here read the backend as `info.name()` (and `info.accelerator()`):
+a test that patches those two in `alexnet_k3.backend.info` reaches every function
+of the package (the names re-exported below stay the real ones).
+`is_out_of_memory` is `alexnet_k3.core`'s (it recognises every framework's
+out-of-memory errors without importing one), re-exported for the callers here.
+"""
+
+from alexnet_k3.backend.feed import array_feed
+from alexnet_k3.backend.info import (
+    accelerator,
+    device_name,
+    free_memory,
+    name,
+    peak_memory_bytes,
+    reset_peak_memory,
+    synchronize,
+    versions,
+)
+from alexnet_k3.backend.parallel import DataParallel, replicas_holding
+from alexnet_k3.backend.speed import (
+    check_image_data_format,
+    keep_freed_memory,
+    recommended_compile_kwargs,
+    recommended_image_data_format,
+    recommended_precision,
+    tune_for_speed,
+)
+from alexnet_k3.core import is_out_of_memory
+
+__all__ = [
+    "DataParallel",
+    "accelerator",
+    "array_feed",
+    "check_image_data_format",
+    "device_name",
+    "free_memory",
+    "is_out_of_memory",
+    "keep_freed_memory",
+    "name",
+    "peak_memory_bytes",
+    "recommended_compile_kwargs",
+    "recommended_image_data_format",
+    "recommended_precision",
+    "replicas_holding",
+    "reset_peak_memory",
+    "synchronize",
+    "tune_for_speed",
+    "versions",
+]
