@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from alexnet_k3.config import TrainConfig
+from alexnet_k3.config import KINDS, TrainConfig
 from alexnet_k3.core import BACKENDS, DATASETS, JIT_SETTINGS
 
 
@@ -24,7 +24,7 @@ def _checked(convert, accept, expected):
     def parse(text: str):
         try:
             value = convert(text)
-        except ValueError:
+        except (ValueError, KeyError):
             value = None
         if value is None or not accept(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
@@ -33,25 +33,13 @@ def _checked(convert, accept, expected):
     return parse
 
 
-def _jit(text: str):
-    if text not in JIT_SETTINGS:
-        raise argparse.ArgumentTypeError(f"expected {', '.join(JIT_SETTINGS)}, received {text!r}")
-    return JIT_SETTINGS[text]
+def _arg_type(kind: str):
+    """The argparse `type` of a `TrainConfig` kind: the same test as `TrainConfig.validate`."""
+    kind = KINDS[kind]
+    return _checked(kind.parse, kind.test, kind.words)
 
 
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_INF = float("inf")
-# argparse types for the kinds of `TrainConfig` fields (`alexnet_k3.config.KINDS`).
-ARG_TYPES = {
-    "positive_int": _positive_int,
-    "non_negative_int": _checked(int, lambda v: v >= 0, "an integer >= 0"),
-    "int": int,
-    "positive_float": _checked(float, lambda v: 0 < v < _INF, "a positive finite number"),
-    "non_negative_float": _checked(float, lambda v: 0 <= v < _INF, "a finite number >= 0"),
-    "fraction": _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "str": str,
-    "jit": _jit,
-}
+_positive_int = _arg_type("positive_int")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -67,11 +55,15 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         options = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
         if meta["kind"] == "bool":
             options["action"] = "store_false" if f.default else "store_true"
+            if f.default:  # a --no-... flag
+                options["help"] += " (on by default; this flag turns it off)"
         else:
+            if meta["kind"] == "jit":
+                options["metavar"] = "{" + ",".join(JIT_SETTINGS) + "}"
             if meta["choices"] is not None:
                 options["choices"] = meta["choices"]
             else:
-                options["type"] = ARG_TYPES[meta["kind"]]
+                options["type"] = _arg_type(meta["kind"])
             if f.default is not None and "default" not in meta["help"]:
                 shown = next((k for k, v in JIT_SETTINGS.items() if v is f.default), f.default)
                 options["help"] += f" (default: {shown})"

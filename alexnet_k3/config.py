@@ -10,7 +10,9 @@ the command line can read it before choosing a backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from alexnet_k3.core import DATA_FORMATS, DATASETS, JIT_SETTINGS, OPTIMIZERS, PRECISIONS, VARIANTS
 
@@ -23,21 +25,38 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-# What each kind admits: (test, words for a message). `None` is admitted where the
-# field's default is None ("not set"), and nowhere else.
+@dataclass(frozen=True)
+class Kind:
+    """What a setting admits: `test` on the value, `words` for messages, `parse` for the CLI.
+
+    `parse` turns command-line text into the value (None: a flag, no text).
+    """
+
+    parse: Callable[[str], Any] | None
+    test: Callable[[Any], bool]
+    words: str
+
+
+_INF = float("inf")
+# `None` is admitted where the field's default is None ("not set"), and nowhere else.
 KINDS = {
-    "positive_int": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "non_negative_int": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "int": (lambda v: _is_int(v), "an integer"),
-    "positive_float": (lambda v: _is_number(v) and 0 < v < float("inf"), "a positive number"),
-    "non_negative_float": (
-        lambda v: _is_number(v) and 0 <= v < float("inf"),
-        "a finite number >= 0",
+    "positive_int": Kind(int, lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "non_negative_int": Kind(int, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "int": Kind(int, _is_int, "an integer"),
+    "positive_float": Kind(
+        float, lambda v: _is_number(v) and 0 < v < _INF, "a positive finite number"
     ),
-    "fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "bool": (lambda v: isinstance(v, bool), "True or False"),
-    "str": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "jit": (lambda v: any(v is s for s in JIT_SETTINGS.values()), "True, False or 'auto'"),
+    "non_negative_float": Kind(
+        float, lambda v: _is_number(v) and 0 <= v < _INF, "a finite number >= 0"
+    ),
+    "fraction": Kind(float, lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "bool": Kind(None, lambda v: isinstance(v, bool), "True or False"),
+    "str": Kind(str, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "jit": Kind(
+        JIT_SETTINGS.__getitem__,
+        lambda v: any(v is s for s in JIT_SETTINGS.values()),
+        "True, False or 'auto' (on, off or auto on the command line)",
+    ),
 }
 
 
@@ -92,7 +111,10 @@ class TrainConfig:
         0.1, "share of the training images held out to pick the best epoch", kind="fraction"
     )
     augment: bool = option(
-        True, "random pad-crop (and flips, not for digits)", kind="bool", flags=("--no-augment",)
+        True,
+        "random pad-crop and horizontal flips (no flips for the digits) in training",
+        kind="bool",
+        flags=("--no-augment",),
     )
     seed: int = option(0, "seed of the split, the initialization and the shuffles", kind="int")
     jit_compile: bool | str = option(
@@ -132,8 +154,7 @@ class TrainConfig:
             if choices is not None:
                 ok, expected = value in choices, f"one of {choices}"
             else:
-                test, expected = KINDS[kind]
-                ok = test(value)
+                ok, expected = KINDS[kind].test(value), KINDS[kind].words
                 if f.default is None:
                     expected += " or None"
             if not ok:
