@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from cifar_files import write_cifar10
 
+from alexnet_k3 import backend
 from alexnet_k3.core import atomic_save
 from alexnet_k3.training import train
 
@@ -201,9 +202,12 @@ def test_resume_needs_a_run_and_a_new_run_needs_a_free_folder(tmp_path):
         train(tmp_path / "taken", resume=True, dataset="cifar10")
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="a limit of TensorFlow on a CPU")
-def test_channels_first_on_tensorflow_without_a_gpu_is_refused_before_the_run(tmp_path):
-    with pytest.raises(ValueError, match="no channels_first convolutions on a CPU"):
+@pytest.mark.skipif(
+    backend.runs_image_data_format("channels_first"),
+    reason="this backend runs channels_first convolutions here",
+)
+def test_channels_first_where_it_cannot_run_is_refused_before_the_run(tmp_path):
+    with pytest.raises(ValueError, match="no channels_first convolutions on this CPU"):
         train(tmp_path / "run", data_format="channels_first")
     assert not (tmp_path / "run").exists()
     # A model saved channels_first (torch's default layout) is refused when loaded, not

@@ -36,6 +36,7 @@ from alexnet_k3.backend.speed import (
     recommended_compile_kwargs,
     recommended_image_data_format,
     recommended_precision,
+    runs_image_data_format,
     tune_for_speed,
 )
 from alexnet_k3.core import is_out_of_memory
@@ -45,6 +46,7 @@ __all__ = [
     "accelerator",
     "array_feed",
     "check_image_data_format",
+    "runs_image_data_format",
     "device_name",
     "free_memory",
     "is_out_of_memory",

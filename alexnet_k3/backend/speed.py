@@ -7,6 +7,7 @@ the measurements behind each choice.
 
 from __future__ import annotations
 
+import functools
 import platform
 
 from alexnet_k3.backend import info
@@ -59,20 +60,49 @@ def recommended_image_data_format() -> str:
     return "channels_first" if info.name() == "torch" else "channels_last"
 
 
-def check_image_data_format(data_format: str) -> None:
-    """Raises ValueError when the active backend cannot run convolutions in `data_format` here.
+def runs_image_data_format(data_format: str) -> bool:
+    """Whether the active backend can run AlexNet's convolutions and pooling in `data_format`.
 
-    TensorFlow has no NCHW (channels_first) convolution or pooling kernels on a
-    CPU: a model built that way fails inside TensorFlow at its first step
-    (`UnimplementedError`). This says so before anything runs.
+    Always true but for one case: TensorFlow on a CPU has NCHW (channels_first)
+    convolution and pooling kernels only through oneDNN, which TensorFlow turns
+    on by default on CPUs with AVX-512 VNNI/BF16 or AMX (the Intel Xeon this
+    project benchmarks on) and not on others (an AVX2-only AMD EPYC here fails
+    with `UnimplementedError: The Conv2D op currently only supports the NHWC
+    tensor format on the CPU`). So it is tried once, on a 4x4 image.
     """
-    on_tensorflow_cpu = info.name() == "tensorflow" and info.accelerator() != "gpu"
-    if data_format == "channels_first" and on_tensorflow_cpu:
+    if data_format != "channels_first" or info.name() != "tensorflow":
+        return True
+    if info.accelerator() == "gpu":
+        return True
+    return _tensorflow_cpu_runs_nchw()
+
+
+@functools.cache
+def _tensorflow_cpu_runs_nchw() -> bool:
+    import tensorflow as tf
+
+    images = tf.zeros((1, 1, 4, 4))
+    try:
+        with tf.device("/CPU:0"):
+            tf.nn.conv2d(images, tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
+            tf.nn.max_pool2d(images, 2, 2, "VALID", data_format="NCHW")
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+        return False
+    return True
+
+
+def check_image_data_format(data_format: str) -> None:
+    """Raises ValueError, before anything runs, when `runs_image_data_format` says no.
+
+    Otherwise a model built that way fails inside TensorFlow at its first step.
+    """
+    if not runs_image_data_format(data_format):
         raise ValueError(
-            "data_format='channels_first' was asked for on the tensorflow backend without a "
-            "GPU, but TensorFlow has no channels_first convolutions on a CPU. Use "
-            "channels_last (or 'recommended', which is channels_last on tensorflow), or "
-            "another backend."
+            f"data_format={data_format!r} was asked for on the tensorflow backend, but "
+            "TensorFlow has no channels_first convolutions on this CPU (they need its "
+            "oneDNN kernels, which it enables only on CPUs with AVX-512 VNNI/BF16 or AMX). "
+            "Use channels_last (or 'recommended', which is channels_last on tensorflow), "
+            "or another backend."
         )
 
 
