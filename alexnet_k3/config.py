@@ -14,7 +14,15 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from alexnet_k3.core import DATA_FORMATS, DATASETS, JIT_SETTINGS, OPTIMIZERS, PRECISIONS, VARIANTS
+from alexnet_k3.core import (
+    DATA_FORMATS,
+    DATASETS,
+    INITS,
+    JIT_SETTINGS,
+    OPTIMIZERS,
+    PRECISIONS,
+    VARIANTS,
+)
 
 
 def _is_int(value) -> bool:
@@ -116,7 +124,15 @@ class TrainConfig:
         kind="bool",
         flags=("--no-augment",),
     )
-    seed: int = option(0, "seed of the split, the initialization and the shuffles", kind="int")
+    seed: int = option(
+        0, "seed of the split, the initialization and the shuffles", kind="non_negative_int"
+    )
+    init: str = option(
+        "torch",
+        "initialization of the conv and dense layers: torch's nn.Conv2d/nn.Linear defaults "
+        "or Keras's (Glorot); with the seed, the same weights on every backend",
+        choices=INITS,
+    )
     jit_compile: bool | str = option(
         "auto", "on, off or auto (Keras decides)", kind="jit", flags=("--jit",)
     )

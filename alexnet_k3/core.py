@@ -27,6 +27,8 @@ BACKENDS = ("torch", "tensorflow", "jax")
 DATASETS = ("digits", "cifar10")
 # The AlexNet variants (`alexnet_k3.model.VARIANTS` holds their configurations).
 VARIANTS = ("torchvision", "paper", "cifar")
+# Weight initialization: torch's nn.Conv2d/nn.Linear defaults, or Keras's (Glorot).
+INITS = ("torch", "keras")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 # Keras dtype policies.

@@ -1,12 +1,21 @@
-"""The one layer AlexNet needs that Keras lacks: local response normalization.
+"""What AlexNet needs that Keras lacks: local response normalization, torch-exact
+adaptive pooling, and an initializer that draws the same numbers on every backend.
 
-Written with `keras.ops` only, so it runs unchanged on every backend.
+Written with `keras.ops` (and numpy) only, so it runs unchanged on every backend.
+`alexnet_k3.evaluation.load_model` imports this module, which registers all three
+for loading `.keras` files.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
+
 import keras
+import numpy as np
 from keras import ops
+
+from alexnet_k3.core import INITS
 
 
 @keras.saving.register_keras_serializable(package="alexnet_k3")
@@ -151,3 +160,94 @@ def _pooling_matrix(in_size, out_size, dtype):
     )
     inside = ops.cast(inside, "float32")
     return ops.cast(inside / ops.sum(inside, axis=1, keepdims=True), dtype)
+
+
+@keras.saving.register_keras_serializable(package="alexnet_k3")
+class SeededUniform(keras.initializers.Initializer):
+    """U(-limit, limit) drawn with numpy, so one seed gives the same weights on every backend.
+
+    Keras's random initializers draw with the active backend's generator: the
+    same seed gives different numbers on torch, jax and tensorflow. This one
+    draws `np.random.default_rng([seed, crc32(key)]).uniform(-limit, limit, shape)`
+    in float64, rounds it to float32, then casts to the variable's dtype. `key`
+    names the variable (`"conv1/kernel"`), so every variable has its own stream
+    and two of the same shape never share numbers; crc32, unlike Python's
+    `hash()`, is the same in every process.
+
+    Args:
+        limit: half-width of the interval, > 0.
+        seed: a non-negative integer.
+        key: a non-empty string naming the variable.
+
+    Example:
+        >>> init = SeededUniform(0.5, seed=7, key="fc6/kernel")
+        >>> keras.ops.convert_to_numpy(init((2, 3))).shape
+        (2, 3)
+    """
+
+    def __init__(self, limit, seed, key):
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
+            raise ValueError(f"`limit` must be a positive number, received limit={limit!r}.")
+        _check_seed(seed)
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"`key` must be a non-empty string, received key={key!r}.")
+        self.limit = float(limit)
+        self.seed = seed
+        self.key = key
+
+    def __call__(self, shape, dtype=None):
+        stream = zlib.crc32(self.key.encode("utf-8"))
+        values = np.random.default_rng([self.seed, stream]).uniform(
+            -self.limit, self.limit, tuple(shape)
+        )
+        return ops.convert_to_tensor(values.astype("float32"), dtype=dtype or keras.config.floatx())
+
+    def get_config(self):
+        return {"limit": self.limit, "seed": self.seed, "key": self.key}
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer, received seed={seed!r}.")
+
+
+# Initializations of AlexNet's conv and dense layers (`initializer_arguments`).
+
+
+def initializer_seed(init: str, seed: int | None) -> int | None:
+    """Checks `init` and `seed`; None under `"torch"` becomes a seed from numpy's generator.
+
+    The fresh seed is stored in each initializer's config, so a saved model
+    records where it started.
+    """
+    if init not in INITS:
+        raise ValueError(f"`init` must be one of {INITS}, received init={init!r}.")
+    if seed is not None:
+        _check_seed(seed)
+    elif init == "torch":
+        # numpy's global generator: `keras.utils.set_random_seed` seeds it, so a
+        # seeded script still builds the same model.
+        seed = int(np.random.randint(0, 2**31 - 1))
+    return seed
+
+
+def initializer_arguments(init: str, seed: int | None, name: str, fan_in: int, fan_out: int):
+    """`kernel_initializer`/`bias_initializer` arguments for the conv or dense layer `name`.
+
+    `fan_in`/`fan_out` count the inputs/outputs of one unit (`in_channels * kh * kw`
+    for a convolution). `"torch"` is torch's `nn.Conv2d`/`nn.Linear` default
+    (`kaiming_uniform_(a=sqrt(5))`): kernel and bias both U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)). `"keras"` is Keras's default (Glorot-uniform kernel, zero
+    bias): without a seed Keras's own initializer, with one the same law drawn
+    by `SeededUniform`, so it too is identical on every backend.
+    """
+    if init == "keras" and seed is None:
+        return {}
+    if init == "keras":
+        glorot = math.sqrt(6.0 / (fan_in + fan_out))
+        return {"kernel_initializer": SeededUniform(glorot, seed, f"{name}/kernel")}
+    bound = 1.0 / math.sqrt(fan_in)
+    return {
+        "kernel_initializer": SeededUniform(bound, seed, f"{name}/kernel"),
+        "bias_initializer": SeededUniform(bound, seed, f"{name}/bias"),
+    }

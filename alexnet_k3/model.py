@@ -7,10 +7,13 @@ records below.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
+from alexnet_k3 import layers
 from alexnet_k3.layers import AdaptiveAveragePooling2D, LocalResponseNormalization
 from alexnet_k3.preprocessing import input_pipeline
 
@@ -103,6 +106,8 @@ VARIANTS: dict[str, VariantConfig] = {
 }
 
 NORMALIZATIONS = ("lrn", "batchnorm", "none")
+# Initializations of the conv and dense layers: "torch" or "keras" (`AlexNet(init=...)`).
+INITS = layers.INITS
 
 # The paper's LRN constants, in torch's convention (alpha divided by size).
 LRN_ARGS = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
@@ -127,6 +132,8 @@ def AlexNet(
     include_top: bool = True,
     normalization: str | None = None,
     freeze_features: bool = False,
+    init: str = "keras",
+    seed: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
     """Builds AlexNet as a functional `keras.Model` returning logits.
@@ -153,6 +160,14 @@ def AlexNet(
             `"torchvision"`).
         freeze_features: True makes the five convolutions non-trainable (feature
             extraction: only the classifier learns).
+        init: `"keras"` (Glorot-uniform kernels, zero biases) or `"torch"`
+            (torch's `nn.Conv2d`/`nn.Linear` defaults: kernels and biases
+            U(-1/sqrt(fan_in), 1/sqrt(fan_in))). Batch norm starts at gamma 1,
+            beta 0 under both, as in torch.
+        seed: a non-negative integer: the same weights on every backend and data
+            format (drawn with numpy, see `alexnet_k3.layers.SeededUniform`).
+            None: Keras's own random draws under `"keras"`; a fresh seed, stored
+            in the model's config, under `"torch"`.
         name: model name; defaults to `alexnet_<variant>`.
 
     Returns:
@@ -166,6 +181,7 @@ def AlexNet(
     """
     config = _get_variant(variant)
     _check_arguments(num_classes, dropout, normalization, weights, include_top, variant)
+    seed = layers.initializer_seed(init, seed)
     norm = config.normalization if normalization is None else normalization
     norm = None if norm == "none" else norm
     data_format = keras.config.image_data_format()
@@ -174,17 +190,18 @@ def AlexNet(
     inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
     for index, spec in enumerate(config.convs, start=1):
-        x = _conv_block(x, spec, index, norm if index in config.norm_after else None, config)
+        block_norm = norm if index in config.norm_after else None
+        x = _conv_block(x, spec, index, block_norm, config, (init, seed))
     if config.pooled_size is not None:
         x = AdaptiveAveragePooling2D(config.pooled_size, name="avgpool")(x)
     if include_top:
         x = keras.layers.Flatten(name="flatten")(x)
         for index, units in enumerate(config.dense_units, start=6):
             x = keras.layers.Dropout(dropout, name=f"drop{index}")(x)
-            x = keras.layers.Dense(units, activation="relu", name=f"fc{index}")(x)
+            x = _dense(x, units, f"fc{index}", (init, seed), activation="relu")
         # Logits in float32 even under a mixed precision policy, so the loss and
         # softmax never see bfloat16/float16 values.
-        x = keras.layers.Dense(num_classes, name="predictions", dtype="float32")(x)
+        x = _dense(x, num_classes, "predictions", (init, seed), dtype="float32")
     model = keras.Model(inputs, x, name=name or f"alexnet_{variant}")
 
     if weights is not None:
@@ -206,10 +223,13 @@ def build_classifier(
     augment: bool = True,
     flip: bool = True,
     raw_shape=(32, 32, 3),
+    init: str = "keras",
+    seed: int | None = None,
 ) -> keras.Model:
     """AlexNet behind the on-device input pipeline: takes raw uint8 `(N, 32, 32, 3)` images.
 
     The saved model therefore needs no preprocessing code outside it, on any backend.
+    `init` and `seed` are `AlexNet`'s.
     """
     size = image_size or VARIANTS[variant].default_size
     channels_first = keras.config.image_data_format() == "channels_first"
@@ -218,6 +238,8 @@ def build_classifier(
         variant=variant,
         weights=weights,
         input_shape=(3, size, size) if channels_first else (size, size, 3),
+        init=init,
+        seed=seed,
         name="alexnet",
     )
     inputs = keras.Input(raw_shape, dtype="uint8", name="images")
@@ -225,7 +247,31 @@ def build_classifier(
     return keras.Model(inputs, net(x), name=f"alexnet_k3_{variant}")
 
 
-def _conv_block(x, spec: ConvSpec, index: int, norm: str | None, config: VariantConfig):
+def weights_checksum(model: keras.Model) -> str:
+    """SHA-256 (hex) of the float32 bytes of every weight, in `model.weights` order.
+
+    Equal on two backends exactly when they hold the same numbers: with a `seed`,
+    `AlexNet` starts from the same checksum on torch, jax and tensorflow.
+    """
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        values = np.ascontiguousarray(keras.ops.convert_to_numpy(weight), dtype="float32")
+        digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def _dense(x, units: int, name: str, init_seed, **kwargs):
+    fans = layers.initializer_arguments(*init_seed, name, fan_in=x.shape[-1], fan_out=units)
+    return keras.layers.Dense(units, name=name, **fans, **kwargs)(x)
+
+
+def _conv_block(x, spec: ConvSpec, index: int, norm: str | None, config: VariantConfig, init_seed):
+    channels_first = keras.config.image_data_format() == "channels_first"
+    area = spec.kernel * spec.kernel
+    in_channels = x.shape[1 if channels_first else -1]
+    fans = layers.initializer_arguments(
+        *init_seed, f"conv{index}", fan_in=in_channels * area, fan_out=spec.filters * area
+    )
     same = spec.stride == 1 and spec.kernel % 2 == 1 and spec.padding == spec.kernel // 2
     if spec.padding and not same:
         x = keras.layers.ZeroPadding2D(spec.padding, name=f"conv{index}_pad")(x)
@@ -236,11 +282,12 @@ def _conv_block(x, spec: ConvSpec, index: int, norm: str | None, config: Variant
         padding="same" if same else "valid",
         activation="relu",
         name=f"conv{index}",
+        **fans,
     )(x)
     if norm == "lrn":
         x = LocalResponseNormalization(**LRN_ARGS, name=f"norm{index}")(x)
     elif norm == "batchnorm":
-        axis = 1 if keras.config.image_data_format() == "channels_first" else -1
+        axis = 1 if channels_first else -1
         # torch's BatchNorm2d defaults: moving statistics settle within the few
         # hundred steps of a small dataset (Keras's 0.99 needs thousands).
         x = keras.layers.BatchNormalization(

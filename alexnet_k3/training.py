@@ -26,7 +26,7 @@ from alexnet_k3.callbacks import (
 )
 from alexnet_k3.config import TrainConfig
 from alexnet_k3.core import DEFAULT_LEARNING_RATES, atomic_save, atomic_write_text
-from alexnet_k3.model import VARIANTS, build_classifier
+from alexnet_k3.model import VARIANTS, build_classifier, weights_checksum
 
 # Mirrored digits are other symbols; mirrored photos are still the same class.
 FLIP_AUGMENTATION = {"cifar10": True, "digits": False}
@@ -105,6 +105,8 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
                 "`resume` first, or point `out` at the folder of an interrupted run."
             )
         saved = json.loads(config_path.read_text())
+        # Runs started before the `init` setting existed were initialized the Keras way.
+        saved.setdefault("init", "keras")
         config = TrainConfig(**saved)
         # Every setting given explicitly must agree with the run's, defaults included:
         # a resumed run never silently drops what the user asked for.
@@ -175,7 +177,10 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
             augment=config.augment,
             flip=FLIP_AUGMENTATION[config.dataset],
             raw_shape=data.x_train.shape[1:],
+            init=config.init,
+            seed=config.seed,
         )
+        initial_checksum = weights_checksum(model)
         _fit_phases(model, config, out, (x_train, y_train), validation, verbose)
         holding = backend.replicas_holding(model)
         if validation is None:
@@ -188,6 +193,7 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
     metrics = evaluate_arrays(best, data.x_test, data.y_test, data.class_names, config.batch_size)
     history = load_history(history_path)
     metrics.update(_run_summary(config, data, len(x_train), history))
+    metrics.update(init=config.init, initial_weights_sha256=initial_checksum)
     metrics.update(devices=replicas, replicas_holding_weights=holding, **speed_settings)
     from alexnet_k3 import report
 
