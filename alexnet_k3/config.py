@@ -11,7 +11,7 @@ the command line can read it before choosing a backend.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from alexnet_k3.core import (
@@ -190,8 +190,3 @@ class TrainConfig:
     @property
     def mode(self) -> str:
         return "transfer" if self.weights else "scratch"
-
-
-def config_defaults() -> dict:
-    """Field name -> default of every `TrainConfig` setting."""
-    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
