@@ -124,5 +124,5 @@ def bench_all(session: nox.Session) -> None:
         "--end-to-end",
         "--out",
         "benchmarks/results/bench-all.json",
-        *(session.posargs or [*BENCH_QUICK, "--rounds", "3"]),
+        *(session.posargs or BENCH_QUICK),
     )
