@@ -21,6 +21,7 @@ from alexnet_k3.core import (
     JIT_SETTINGS,
     OPTIMIZERS,
     PRECISIONS,
+    SCHEDULES,
     VARIANTS,
 )
 
@@ -103,12 +104,17 @@ class TrainConfig:
     optimizer: str = option("sgd", "sgd (momentum 0.9), adam or adamw", choices=OPTIMIZERS)
     learning_rate: float | None = option(
         None,
-        "peak learning rate of the cosine schedule (default: 0.02 sgd, 1e-3 adam/adamw)",
+        "peak learning rate of the schedule (default: 0.02 sgd, 1e-3 adam/adamw)",
         kind="positive_float",
         flags=("--lr", "--learning-rate"),
     )
     warmup_epochs: int = option(
         1, "epochs of linear learning-rate warm-up", kind="non_negative_int"
+    )
+    schedule: str = option(
+        "cosine",
+        "learning rate after the warm-up: cosine decay to 0, or constant at the peak",
+        choices=SCHEDULES,
     )
     weight_decay: float = option(
         5e-4, "decoupled weight decay (not on biases and normalization)", kind="non_negative_float"

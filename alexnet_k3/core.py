@@ -31,6 +31,8 @@ VARIANTS = ("torchvision", "paper", "cifar")
 INITS = ("torch", "keras")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
+# Learning rate after the warm-up: cosine decay to zero at the last step, or held.
+SCHEDULES = ("cosine", "constant")
 # Keras dtype policies.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 IMAGE_DATA_FORMATS = ("channels_last", "channels_first")

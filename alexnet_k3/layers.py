@@ -239,8 +239,11 @@ def initializer_arguments(init: str, seed: int | None, name: str, fan_in: int, f
     (`kaiming_uniform_(a=sqrt(5))`): kernel and bias both U(-1/sqrt(fan_in),
     1/sqrt(fan_in)). `"keras"` is Keras's default (Glorot-uniform kernel, zero
     bias): without a seed Keras's own initializer, with one the same law drawn
-    by `SeededUniform`, so it too is identical on every backend.
+    by `SeededUniform`, so it too is identical on every backend. `"loaded"`
+    (zeros) is for layers whose weights are loaded right after the build.
     """
+    if init == "loaded":
+        return {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
     if init == "keras" and seed is None:
         return {}
     if init == "keras":

@@ -132,7 +132,7 @@ def AlexNet(
     include_top: bool = True,
     normalization: str | None = None,
     freeze_features: bool = False,
-    init: str = "keras",
+    init: str = "torch",
     seed: int | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -160,10 +160,13 @@ def AlexNet(
             `"torchvision"`).
         freeze_features: True makes the five convolutions non-trainable (feature
             extraction: only the classifier learns).
-        init: `"keras"` (Glorot-uniform kernels, zero biases) or `"torch"`
-            (torch's `nn.Conv2d`/`nn.Linear` defaults: kernels and biases
-            U(-1/sqrt(fan_in), 1/sqrt(fan_in))). Batch norm starts at gamma 1,
-            beta 0 under both, as in torch.
+        init: `"torch"` (the default: torch's `nn.Conv2d`/`nn.Linear` defaults,
+            kernels and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which learns
+            faster from scratch, see the README's training section) or `"keras"`
+            (Glorot-uniform kernels, zero biases). Batch norm starts at gamma 1,
+            beta 0 under both, as in torch. With `weights`, only a new
+            `predictions` head keeps this initialization; every other layer
+            starts at zeros (no wasted draw) and is then loaded.
         seed: a non-negative integer: the same weights on every backend and data
             format (drawn with numpy, see `alexnet_k3.layers.SeededUniform`).
             None: Keras's own random draws under `"keras"`; a fresh seed, stored
@@ -189,16 +192,18 @@ def AlexNet(
 
     inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
+    # Layers that `weights` will overwrite skip the random draw (57M numbers).
+    body = ("loaded", None) if weights is not None else (init, seed)
     for index, spec in enumerate(config.convs, start=1):
         block_norm = norm if index in config.norm_after else None
-        x = _conv_block(x, spec, index, block_norm, config, (init, seed))
+        x = _conv_block(x, spec, index, block_norm, config, body)
     if config.pooled_size is not None:
         x = AdaptiveAveragePooling2D(config.pooled_size, name="avgpool")(x)
     if include_top:
         x = keras.layers.Flatten(name="flatten")(x)
         for index, units in enumerate(config.dense_units, start=6):
             x = keras.layers.Dropout(dropout, name=f"drop{index}")(x)
-            x = _dense(x, units, f"fc{index}", (init, seed), activation="relu")
+            x = _dense(x, units, f"fc{index}", body, activation="relu")
         # Logits in float32 even under a mixed precision policy, so the loss and
         # softmax never see bfloat16/float16 values.
         x = _dense(x, num_classes, "predictions", (init, seed), dtype="float32")
@@ -223,7 +228,7 @@ def build_classifier(
     augment: bool = True,
     flip: bool = True,
     raw_shape=(32, 32, 3),
-    init: str = "keras",
+    init: str = "torch",
     seed: int | None = None,
 ) -> keras.Model:
     """AlexNet behind the on-device input pipeline: takes raw uint8 `(N, 32, 32, 3)` images.

@@ -47,9 +47,10 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             transfer learning), `freeze_epochs` (epochs training only the
             classifier before fine-tuning everything), `epochs`, `batch_size`,
             `optimizer` ("sgd" with momentum 0.9, "adam", "adamw"),
-            `learning_rate` (peak of a cosine schedule after `warmup_epochs` of
-            linear warm-up), `weight_decay` (decoupled, not on biases and
-            normalization), `label_smoothing`, `precision`, `validation_split`,
+            `learning_rate` (the peak, reached after `warmup_epochs` of linear
+            warm-up), `schedule` (then cosine decay to 0, or constant),
+            `weight_decay` (decoupled, not on biases and normalization),
+            `label_smoothing`, `precision`, `validation_split`,
             `augment` (random pad-crop and horizontal flip), `seed`, `jit_compile`,
             `data_format` (the Keras image data format of the network during the
             run: "recommended", the default, is
@@ -107,6 +108,8 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
         saved = json.loads(config_path.read_text())
         # Runs started before the `init` setting existed were initialized the Keras way.
         saved.setdefault("init", "keras")
+        # ... and, before `schedule` existed, with cosine decay.
+        saved.setdefault("schedule", "cosine")
         config = TrainConfig(**saved)
         # Every setting given explicitly must agree with the run's, defaults included:
         # a resumed run never silently drops what the user asked for.
@@ -312,7 +315,7 @@ def compile_model(
     Args:
         model: the classifier (logits out).
         config: the run's settings; `optimizer`, `learning_rate`,
-            `warmup_epochs`, `weight_decay`, `label_smoothing` and `jit_compile`
+            `warmup_epochs`, `schedule`, `weight_decay`, `label_smoothing` and `jit_compile`
             are used.
         num_classes: the number of classes (top-5 accuracy is added above 5).
         steps_per_epoch: training steps in one epoch, for the schedule.
@@ -329,6 +332,8 @@ def compile_model(
         decay_steps=max(epochs * steps_per_epoch - warmup_steps, 1),
         warmup_target=peak if warmup_steps else None,
         warmup_steps=warmup_steps,
+        # alpha is the floor as a share of the peak: 1.0 holds the peak after the warm-up.
+        alpha=1.0 if config.schedule == "constant" else 0.0,
     )
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(

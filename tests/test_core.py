@@ -40,6 +40,8 @@ def _choices(parser, dest):
         ("dataset", core.DATASETS),
         ("variant", core.VARIANTS),
         ("optimizer", core.OPTIMIZERS),
+        ("schedule", core.SCHEDULES),
+        ("init", core.INITS),
         ("precision", core.PRECISIONS),
         ("data_format", core.DATA_FORMATS),
     ],

@@ -88,8 +88,11 @@ def test_keras_init_keeps_glorot_kernels_and_zero_biases(seed):
         np.testing.assert_array_equal(_numpy(layer.bias), 0)
 
 
-def test_the_default_init_is_keras_and_untouched():
+def test_the_default_init_is_torchs_and_keras_init_keeps_keras_own_initializers():
     layer = ak.AlexNet(10, variant="cifar").get_layer("conv1")
+    assert isinstance(layer.kernel_initializer, SeededUniform)
+    assert isinstance(layer.bias_initializer, SeededUniform)
+    layer = ak.AlexNet(10, variant="cifar", init="keras").get_layer("conv1")
     assert type(layer.kernel_initializer).__name__ == "GlorotUniform"
     assert type(layer.bias_initializer).__name__ == "Zeros"
 
@@ -196,7 +199,10 @@ def test_the_transfer_head_gets_torchs_linear_init_under_torch(tmp_path):
     np.testing.assert_array_equal(
         _numpy(model.get_layer("fc7").kernel), _numpy(source.get_layer("fc7").kernel)
     )
+    # The loaded layers never drew random numbers; the new head did, with its seed.
+    assert type(model.get_layer("fc7").kernel_initializer).__name__ == "Zeros"
     head = model.get_layer("predictions")
+    assert head.kernel_initializer.seed == 2
     limit = 1 / math.sqrt(4096)
     assert 0.9 * limit < np.abs(_numpy(head.kernel)).max() <= limit
     assert np.all(_numpy(head.bias) != 0) and np.abs(_numpy(head.bias)).max() <= limit

@@ -236,8 +236,9 @@ def test_transfer_head_and_frozen_features(checkpoint, converted, loaded, tmp_pa
         assert np.array_equal(got, want)
     kernel, bias = weights[-2:]
     assert kernel.shape == (4096, 10) and bias.shape == (10,)
-    limit = np.sqrt(6.0 / (4096 + 10))  # Keras' Glorot uniform: a fresh layer
-    assert not bias.any() and np.abs(kernel).max() <= limit and kernel.std() > limit / 3
+    limit = 1 / np.sqrt(4096)  # torch's nn.Linear(4096, 10): a fresh layer, the default init
+    assert np.abs(kernel).max() <= limit and kernel.std() > limit / 3
+    assert bias.all() and np.abs(bias).max() <= limit
     # freeze_features: the convolutions are fixed, the classifier learns.
     for index in range(1, 6):
         assert not model.get_layer(f"conv{index}").trainable
