@@ -7,12 +7,39 @@ mid-write leaves the previous complete file, never a truncated one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import keras
 
 from alexnet_k3.core import atomic_save, atomic_write_text
+
+
+def finite_loss(logs) -> bool:
+    """False when an epoch's training loss is NaN or infinite: the run diverged."""
+    loss = (logs or {}).get("loss")
+    return loss is None or math.isfinite(float(loss))
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops `fit` after the first epoch whose training loss is not finite.
+
+    Checked once an epoch, not per batch as Keras's `TerminateOnNaN` does: a
+    batch-level callback makes Keras read every step's loss back from the
+    device, so no step can run ahead. The other callbacks here skip such an
+    epoch, so no backup or best model ever holds its weights.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = None  # the epoch (1-based) that diverged
+        self.loss = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not finite_loss(logs):
+            self.epoch, self.loss = epoch + 1, float(logs["loss"])
+            self.model.stop_training = True
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -52,6 +79,8 @@ class EpochBackup(keras.callbacks.Callback):
         return int(state["epoch"])
 
     def on_epoch_end(self, epoch, logs=None):
+        if not finite_loss(logs):
+            return
         self.backup_dir.mkdir(parents=True, exist_ok=True)
         done = epoch + 1
         name = f"epoch-{done:04d}.weights.h5"
@@ -81,7 +110,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None:
+        if value is None or not finite_loss(logs):
             return
         if self.best is None or self.better(float(value), self.best):
             self.best = float(value)
@@ -110,6 +139,8 @@ class HistoryWriter(keras.callbacks.Callback):
         record.update(
             epoch=epoch + 1, phase=self.phase, seconds=time.perf_counter() - self._started
         )
+        if not finite_loss(logs):
+            record["diverged"] = True
         self.epochs = [e for e in self.epochs if e["epoch"] != epoch + 1] + [record]
         self.epochs.sort(key=lambda e: e["epoch"])
         atomic_write_text(self.path, json.dumps(self.epochs, indent=1))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from alexnet_k3.config import KINDS, TrainConfig
 from alexnet_k3.core import BACKENDS, DATASETS, JIT_SETTINGS
+from alexnet_k3.runs import TrainingDiverged
 
 
 def _checked(convert, accept, expected):
@@ -151,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except TrainingDiverged as error:
+        # Not a usage error: the run started and failed, and says what to change.
+        print(f"alexnet-k3 {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, OSError, ImportError) as error:
         # Errors users cause (bad files, bad settings, missing data) end in one clear line.
         parser.exit(2, f"alexnet-k3 {args.command}: error: {error}\n")

@@ -9,23 +9,22 @@ validation accuracy), `metrics.json`, `report.md` and the PNG plots.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from alexnet_k3 import backend, datasets
+from alexnet_k3 import backend, datasets, runs
 from alexnet_k3.callbacks import (
     BestModelCheckpoint,
+    DivergenceGuard,
     EpochBackup,
     HistoryWriter,
     load_history,
 )
 from alexnet_k3.config import TrainConfig
-from alexnet_k3.core import DEFAULT_LEARNING_RATES, atomic_save, atomic_write_text
+from alexnet_k3.core import DEFAULT_LEARNING_RATES, atomic_save
 from alexnet_k3.model import VARIANTS, build_classifier, weights_checksum
 
 # Mirrored digits are other symbols; mirrored photos are still the same class.
@@ -70,9 +69,10 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
     """
     out = Path(out)
     config = _prepare_run(out, resume, settings)
-    if resume and (out / "metrics.json").exists():
+    done = runs.finished(out) if resume else None
+    if done is not None:
         print(f"{out} already holds a finished run; nothing to resume.")
-        return json.loads((out / "metrics.json").read_text())
+        return done
 
     previous_policy = keras.mixed_precision.dtype_policy()
     previous_format = keras.config.image_data_format()
@@ -98,36 +98,8 @@ def _data_format(config: TrainConfig) -> str:
 
 
 def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
-    config_path = out / "config.json"
     if resume:
-        if not config_path.exists():
-            raise FileNotFoundError(
-                f"Cannot resume: {config_path} does not exist. Start the run without "
-                "`resume` first, or point `out` at the folder of an interrupted run."
-            )
-        saved = json.loads(config_path.read_text())
-        # Runs started before the `init` setting existed were initialized the Keras way.
-        saved.setdefault("init", "keras")
-        # ... and, before `schedule` existed, with cosine decay.
-        saved.setdefault("schedule", "cosine")
-        config = TrainConfig(**saved)
-        # Every setting given explicitly must agree with the run's, defaults included:
-        # a resumed run never silently drops what the user asked for.
-        changed = [
-            f"{k}={v!r} was asked for, the run has {k}={getattr(config, k)!r}"
-            for k, v in settings.items()
-            if k in TrainConfig.__dataclass_fields__ and getattr(config, k) != v
-        ]
-        unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
-        if unknown:
-            changed.append(f"unknown settings {unknown}")
-        if changed:
-            raise ValueError(
-                f"Cannot resume {out}: {'; '.join(changed)}. A resumed run keeps the settings "
-                f"saved in {config_path}: leave those options out (or give the saved values), "
-                "or start a new run in another folder."
-            )
-        return config
+        return runs.saved_config(out, settings)
     unknown = set(settings) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(
@@ -138,13 +110,7 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
     config.validate()
     backend.check_image_data_format(_data_format(config))
     _data_parallel(config)  # refuse an impossible device setup before writing anything
-    if config_path.exists():
-        raise FileExistsError(
-            f"{out} already holds a run ({config_path}). Resume it with `resume=True` "
-            "(`--resume`), or choose another output folder."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_path, json.dumps(asdict(config), indent=1))
+    runs.start(out, config)
     return config
 
 
@@ -236,7 +202,8 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
             steps_per_epoch=-(-len(train_data[0]) // config.batch_size),
             epochs=end_epoch - start_epoch,
         )
-        callbacks = [HistoryWriter(history_path, phase=phase), keras.callbacks.TerminateOnNaN()]
+        guard = DivergenceGuard()
+        callbacks = [guard, HistoryWriter(history_path, phase=phase)]
         if validation is not None:
             checkpoint = BestModelCheckpoint(
                 out / "model.keras", "val_accuracy", "max", best=best_so_far
@@ -254,6 +221,8 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
             callbacks=callbacks,
             verbose=verbose,
         )
+        if guard.epoch is not None:
+            _stop_diverged(model, config, out, guard, backup, keep_last=validation is None)
         if validation is not None:
             best_so_far = checkpoint.best
         state_dir.mkdir(exist_ok=True)
@@ -261,6 +230,19 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
         # Only now: a kill before the marker is written resumes from the backup.
         shutil.rmtree(backup.backup_dir, ignore_errors=True)
         start_epoch = end_epoch
+
+
+def _stop_diverged(model, config: TrainConfig, out: Path, guard, backup, keep_last: bool):
+    """Keeps the last finite epoch as `model.keras`, marks the run diverged, raises.
+
+    Without a validation hold-out `model.keras` is the last epoch's model: the
+    backup of the last finite epoch becomes it. With one, the best model saved
+    so far (never a diverged epoch's) stays.
+    """
+    if keep_last and backup.restore(model, default=None) is not None:
+        atomic_save(lambda p: model.save(p), out / "model.keras")
+    learning_rate = config.learning_rate or DEFAULT_LEARNING_RATES[config.optimizer]
+    raise runs.mark_diverged(out, guard.epoch, guard.loss, learning_rate)
 
 
 def _validation_feed(validation, batch_size: int):

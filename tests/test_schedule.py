@@ -10,9 +10,7 @@ from alexnet_k3.training import compile_model
 def _learning_rates(config: TrainConfig, steps_per_epoch: int, epochs: int) -> list[float]:
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10)])
     compile_model(model, config, num_classes=10, steps_per_epoch=steps_per_epoch, epochs=epochs)
-    schedule = keras.optimizers.schedules.deserialize(
-        model.optimizer.get_config()["learning_rate"]
-    )
+    schedule = keras.optimizers.schedules.deserialize(model.optimizer.get_config()["learning_rate"])
     total = steps_per_epoch * epochs
     return [float(schedule(step)) for step in range(total + 1)]
 
