@@ -14,9 +14,16 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from alexnet_k3 import core
 from alexnet_k3.config import KINDS, TrainConfig
 from alexnet_k3.core import BACKENDS, DATASETS, JIT_SETTINGS
 from alexnet_k3.runs import TrainingDiverged
+
+# Read by alexnet_k3.downloads and alexnet_k3.datasets.cifar10 at download time; the
+# options below set them for this process (the names are repeated here so that the
+# command line imports nothing but core and config before choosing a backend).
+DOWNLOAD_TIMEOUT_ENV_VAR = "ALEXNET_K3_DOWNLOAD_TIMEOUT"
+CIFAR10_URL_ENV_VAR = "ALEXNET_K3_CIFAR10_URL"
 
 
 def _checked(convert, accept, expected):
@@ -41,6 +48,44 @@ def _arg_type(kind: str):
 
 
 _positive_int = _arg_type("positive_int")
+
+
+def add_download_options(parser: argparse.ArgumentParser, cifar10: bool = True) -> None:
+    """--download-timeout (and --cifar10-url): how the downloads of this command run."""
+    parser.add_argument(
+        "--download-timeout",
+        type=_arg_type("positive_float"),
+        metavar="SECONDS",
+        help=f"give up a download after this long without data (default: "
+        f"{DOWNLOAD_TIMEOUT_ENV_VAR}, else 60)",
+    )
+    if cifar10:
+        parser.add_argument(
+            "--cifar10-url",
+            metavar="URL",
+            help="download CIFAR-10 from this mirror (http(s):// or file://; the official "
+            f"md5 is still checked; default: {CIFAR10_URL_ENV_VAR}, else the official URL)",
+        )
+
+
+def _apply_download_options(args) -> dict:
+    """Sets the download variables from `args`; returns their previous values."""
+    previous = {
+        name: os.environ.get(name) for name in (DOWNLOAD_TIMEOUT_ENV_VAR, CIFAR10_URL_ENV_VAR)
+    }
+    if getattr(args, "download_timeout", None) is not None:
+        os.environ[DOWNLOAD_TIMEOUT_ENV_VAR] = repr(args.download_timeout)
+    if getattr(args, "cifar10_url", None):
+        os.environ[CIFAR10_URL_ENV_VAR] = args.cifar10_url
+    return previous
+
+
+def _restore(environ: dict) -> None:
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="0 silent, 1 progress bar, 2 one line per epoch",
     )
+    add_download_options(train)
 
     evaluate = with_backend(
         commands.add_parser("evaluate", help="evaluate a saved model.keras on a test set")
@@ -111,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--out", help="folder for metrics.json, report.md and plots")
+    add_download_options(evaluate)
 
     convert = with_backend(
         commands.add_parser(
@@ -123,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--num-classes", type=_positive_int, help="the checkpoint's classes (default: read it)"
     )
+    add_download_options(convert, cifar10=False)
 
     compare = commands.add_parser("compare", help="markdown table of several runs")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -144,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Errors raised inside the package name this command's flags, not Python keywords.
+    # Both settings are put back afterwards, for callers of main() in a Python process.
+    named_as_flags = core.from_command_line()
+    core.use_command_line_names()
+    environ = _apply_download_options(args)
     try:
         if getattr(args, "backend", None):
             _select_backend(args.backend)
@@ -159,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as error:
         # Errors users cause (bad files, bad settings, missing data) end in one clear line.
         parser.exit(2, f"alexnet-k3 {args.command}: error: {error}\n")
+    finally:
+        core.use_command_line_names(named_as_flags)
+        _restore(environ)
 
 
 def _select_backend(name: str) -> None:

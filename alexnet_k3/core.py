@@ -10,6 +10,8 @@ imported wherever it is needed:
 - `is_out_of_memory`, the one out-of-memory classifier (training, the Keras
   benchmark worker and the torchvision baseline all use it);
 - `cpu_name`, the host CPU's model name;
+- `option_name`, how errors name a setting (`data_dir=` from Python, `--data-dir`
+  from the command line);
 - atomic file writes: a kill at any instant leaves the old file or the new one,
   never half of one.
 """
@@ -97,6 +99,39 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+# --- How messages name options --------------------------------------------------------
+# An error raised deep in the package tells the user what to pass: from Python a
+# keyword (`data_dir=`), from the command line that command's flag (`--data-dir`).
+# `alexnet_k3.cli.main` switches to the flags for its process.
+
+_command_line = False
+
+
+def use_command_line_names(on: bool = True) -> None:
+    """Makes `option_name` spell options as command-line flags (the CLI calls this)."""
+    global _command_line
+    _command_line = on
+
+
+def from_command_line() -> bool:
+    """True when the command line runs this process (see `use_command_line_names`)."""
+    return _command_line
+
+
+def option_name(name: str, value=None) -> str:
+    """How to name setting `name` (set to `value`, if given) to the user: `--data-dir`
+    on the command line, else `data_dir=`.
+
+    Example:
+        >>> option_name("data_dir"), option_name("data_dir", "x")
+        ('data_dir=', "data_dir='x'")
+    """
+    if _command_line:
+        flag = f"--{name.replace('_', '-')}"
+        return flag if value is None else f"{flag} {value}"
+    return f"{name}=" if value is None else f"{name}={value!r}"
 
 
 # --- Atomic writes ------------------------------------------------------------------

@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 import alexnet_k3 as ak  # noqa: E402
+from alexnet_k3 import downloads  # noqa: E402
 from alexnet_k3 import weights as W  # noqa: E402
 from alexnet_k3.convert import convert_checkpoint  # noqa: E402
 from alexnet_k3.model import min_input_size  # noqa: E402
@@ -293,7 +294,7 @@ def test_imagenet_offline_and_not_cached(torch_home, loaded, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline (test)")
 
-    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    monkeypatch.setattr(downloads, "urlopen", offline)
     model, expected = loaded
     with pytest.raises(W.WeightsError) as info:
         ak.load_torchvision_weights(model, "imagenet")
@@ -305,11 +306,11 @@ def test_imagenet_offline_and_not_cached(torch_home, loaded, monkeypatch):
 
 
 class _FakeResponse:
-    """What torch hub's download reads from urlopen: a few bytes that are not AlexNet."""
+    """What alexnet_k3.downloads reads from urlopen: a few bytes that are not AlexNet."""
 
     def __init__(self, data):
         self._chunks = [data, b""]
-        self._size = len(data)
+        self.headers = {"Content-Length": str(len(data))}
 
     def __enter__(self):
         return self
@@ -317,18 +318,12 @@ class _FakeResponse:
     def __exit__(self, *exc):
         return False
 
-    def info(self):
-        return self
-
-    def get_all(self, name, default=None):
-        return [str(self._size)]
-
     def read(self, size=-1):
         return self._chunks.pop(0)
 
 
 def test_imagenet_download_is_hash_checked(torch_home, loaded, monkeypatch):
-    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: _FakeResponse(b"not alexnet"))
+    monkeypatch.setattr(downloads, "urlopen", lambda *a, **k: _FakeResponse(b"not alexnet"))
     model, expected = loaded
     with pytest.raises(W.WeightsError) as info:
         ak.load_torchvision_weights(model, "imagenet")
@@ -342,7 +337,7 @@ def test_imagenet_reads_torch_hub_cache(torch_home, checkpoint, scratch, loaded,
     def no_download(*args, **kwargs):
         raise AssertionError("cached weights must not be downloaded again")
 
-    monkeypatch.setattr(torch.hub, "urlopen", no_download)
+    monkeypatch.setattr(downloads, "urlopen", no_download)
     torch_home.mkdir(parents=True)
     cached = torch_home / W.IMAGENET1K_V1.file_name
     cached.symlink_to(checkpoint)

@@ -2,8 +2,8 @@
 
 Both loaders return a `Dataset` of uint8 images `(N, 32, 32, 3)` and int64 labels, so
 the rest of the package never needs to know where the pixels came from. This package is
-backend-agnostic: numpy only; Keras is imported lazily for its downloader and
-scikit-learn lazily for the digits.
+backend-agnostic: numpy only; the download is the package's own Keras-free
+`alexnet_k3.downloads`, and scikit-learn is imported lazily for the digits.
 
 Where `load_cifar10` looks, in order:
 
@@ -15,7 +15,10 @@ Where `load_cifar10` looks, in order:
 2. The Keras dataset cache, `$KERAS_HOME/datasets` (default `~/.keras/datasets`), where
    `keras.datasets.cifar10` and earlier runs of this module leave their copies. Tarballs
    found there must match the official md5.
-3. A download of the official tarball into that cache, its md5 checked.
+3. A download of the official tarball (or of `ALEXNET_K3_CIFAR10_URL`, a mirror) into
+   that cache, with a timeout (`ALEXNET_K3_DOWNLOAD_TIMEOUT`, default 60 s without
+   data); it is written under a temporary name and renamed into place only once its
+   md5 is the official one.
 
 Batch files are pickles. They are read with a restricted unpickler that rebuilds only
 what CIFAR-10 files hold (dicts, lists, bytes, str, ints and uint8/int numpy arrays),

@@ -6,7 +6,13 @@ The search order and the errors are described in the package docstring
 the pickles are read by `unpickler`; both name the file and the problem, and this
 module adds the CIFAR-10 advice (where to download the official copy).
 
-Tests point the download at a local file:// tarball by patching `CIFAR10_URL` and
+The download (`alexnet_k3.downloads`) streams into `cifar-10-python.tar.gz.part-<pid>`
+in the cache and renames it only once its md5 is the official one, so the cache never
+holds a partial tarball under the real name; a `.part-` file left by a killed run is
+removed at the next start. `ALEXNET_K3_CIFAR10_URL` (or `--cifar10-url`) names a
+mirror; the md5 checked stays the official file's.
+
+Tests point the download at a local tarball by patching `CIFAR10_URL` and
 `CIFAR10_MD5` here, where they are read at call time; the copies re-exported by
 `alexnet_k3.datasets` are for reading only.
 """
@@ -19,9 +25,17 @@ import re
 import tarfile
 from pathlib import Path
 
+from alexnet_k3.core import from_command_line, option_name
 from alexnet_k3.datasets import unpickler
 from alexnet_k3.datasets.base import Dataset, DatasetError, DatasetNotFoundError
 from alexnet_k3.datasets.cifar10_batches import ALL_FILES, BatchFormatError, to_dataset
+from alexnet_k3.downloads import (
+    DownloadError,
+    WrongHashError,
+    download,
+    remove_stale,
+    retry_advice,
+)
 
 # Module constants rather than arguments so that tests can point the download at a
 # local file:// tarball and exercise the real download + md5 path without a network.
@@ -30,6 +44,7 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 DATA_ENV_VAR = "ALEXNET_K3_DATA"
+URL_ENV_VAR = "ALEXNET_K3_CIFAR10_URL"
 
 # Official batches are ~30 MB. The cap stops a hostile tar header or file from making
 # us read gigabytes; it still admits batches ten times larger than any real one.
@@ -80,17 +95,18 @@ def load_cifar10(data_dir=None) -> Dataset:
 
 def _locate_cifar10(data_dir) -> Path:
     if data_dir is not None:
-        return _user_source(data_dir, f"data_dir={str(data_dir)!r}")
+        return _user_source(data_dir, option_name("data_dir", str(data_dir)))
     env = os.environ.get(DATA_ENV_VAR)
     if env:
         return _user_source(env, f"{DATA_ENV_VAR}={env!r}")
     datasets_dir = _keras_datasets_dir()
+    remove_stale(datasets_dir, CIFAR10_TARBALL)
     for rel in _CACHE_FOLDERS:
         if (datasets_dir / rel).is_dir():
             return datasets_dir / rel
     for rel in _CACHE_TARBALLS:
         if (datasets_dir / rel).is_file():
-            _check_md5(datasets_dir / rel, downloaded=False)
+            _check_md5(datasets_dir / rel)
             return datasets_dir / rel
     return _download(datasets_dir)
 
@@ -138,48 +154,64 @@ def _keras_datasets_dir() -> Path:
 # ------------------------------------------------------------------------ downloading
 
 
+def cifar10_url() -> str:
+    """The URL CIFAR-10 is downloaded from: `ALEXNET_K3_CIFAR10_URL`, else the official one."""
+    return os.environ.get(URL_ENV_VAR) or CIFAR10_URL
+
+
 def _download(datasets_dir: Path) -> Path:
-    url = CIFAR10_URL
+    url = cifar10_url()
+    dest = datasets_dir / CIFAR10_TARBALL
     try:
-        # Imported here, not at the top: the package stays importable without a backend.
-        import keras
-
-        path = keras.utils.get_file(
-            fname=CIFAR10_TARBALL,
-            origin=url,
-            cache_dir=os.fspath(datasets_dir.parent),
-            cache_subdir=datasets_dir.name,
-        )
-    except Exception as e:  # get_file raises a bare Exception for URL errors.
+        download(url, dest, hash_name="md5", expected=CIFAR10_MD5)
+    except WrongHashError as e:
+        if url != CIFAR10_URL:
+            then = f"The mirror serves another file: point it at a copy of {CIFAR10_URL}, or"
+        else:
+            then = (
+                "Run again to retry; if it fails again, something on the way alters the "
+                "download (a proxy or a captive portal): fetch the file another way and"
+            )
+        raise DatasetError(
+            f"{e} (the official CIFAR-10's); it was not kept. {then} {_own_copy(dest)}"
+        ) from None
+    except DownloadError as e:
+        retry = retry_advice(e)
+        mirror = "pass --cifar10-url URL or " if from_command_line() else ""
         raise DatasetNotFoundError(
-            f"CIFAR-10 was not found locally and could not be downloaded from {url} "
-            f"({type(e).__name__}: {e}).\n"
-            f"To use a copy made elsewhere, either put {CIFAR10_TARBALL} (md5 {CIFAR10_MD5}) "
-            f"at {datasets_dir / CIFAR10_TARBALL}, or point the {DATA_ENV_VAR} environment "
-            f"variable (or data_dir=) at that tarball or at its extracted {CIFAR10_FOLDER}/ "
-            f"folder. For a dataset that needs no download, use 'digits'."
+            f"CIFAR-10 was not found locally and could not be downloaded: {e}.\n{retry} "
+            f"To use a mirror, {mirror}set {URL_ENV_VAR}. To use a copy made elsewhere, "
+            f"{_own_copy(dest)} For a dataset that needs no download, use 'digits'."
         ) from e
-    _check_md5(Path(path), downloaded=True)
-    return Path(path)
+    return dest
 
 
-def _check_md5(path: Path, downloaded: bool) -> None:
+def _own_copy(dest: Path) -> str:
+    return (
+        f"put {CIFAR10_TARBALL} (md5 {CIFAR10_MD5}) at {dest}, or pass "
+        f"{option_name('data_dir')} (or set {DATA_ENV_VAR} to) that tarball or its "
+        f"extracted {CIFAR10_FOLDER}/ folder."
+    )
+
+
+def _check_md5(path: Path) -> None:
+    """Refuses a tarball found in the cache that is not the official file.
+
+    This package never leaves one there (its downloads are renamed into place only
+    after this same check), so the file was put there by hand or by another tool:
+    it is not deleted here, and the message says how to replace it.
+    """
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     if digest.hexdigest() == CIFAR10_MD5:
         return
-    if downloaded:
-        # A bad download must not be found and trusted as the cache next time.
-        path.unlink(missing_ok=True)
-        what = f"The download from {CIFAR10_URL} was deleted"
-    else:
-        what = f"Delete {path} to download again from {CIFAR10_URL}"
     raise DatasetError(
         f"{path}: md5 is {digest.hexdigest()}, expected {CIFAR10_MD5}; the file is "
-        f"incomplete or not the official CIFAR-10. {what}, or pass data_dir= to use a "
-        f"copy of your own."
+        f"incomplete or not the official CIFAR-10 (alexnet_k3 did not write it there). "
+        f"Delete it and run again to download it from {cifar10_url()}, or pass "
+        f"{option_name('data_dir')} a copy of your own."
     )
 
 
@@ -221,7 +253,12 @@ def _read_tarball(tar_path: Path) -> dict:
                 if name in files:
                     raise DatasetError(f"{where}: appears twice in the tarball.")
                 if not member.isfile():
-                    raise DatasetError(f"{where}: is not a regular file.")
+                    kind = "a link" if member.issym() or member.islnk() else "not a file"
+                    raise DatasetError(
+                        f"{where}: is not a regular file ({kind}); links in the archive are "
+                        f"refused, since they can point outside it. Download the official "
+                        f"tarball from {CIFAR10_URL} (md5 {CIFAR10_MD5}) and use that one."
+                    )
                 if member.size > _MAX_FILE_BYTES:
                     raise DatasetError(f"{where}: {member.size} bytes is too large.")
                 files[name] = (where, _unpickle(tar.extractfile(member), where))

@@ -55,9 +55,9 @@ def load_torchvision_weights(model, source, *, skip_mismatched_head: bool = Fals
             `num_classes`, `include_top`, input size or image data format).
         source: one of
             - `"imagenet"`: torchvision's `AlexNet_Weights.IMAGENET1K_V1`
-              (`IMAGENET1K_V1`), downloaded by torch hub and checked against the
-              record's SHA-256 into `torch.hub.get_dir()/checkpoints/`, or read from
-              there when cached;
+              (`IMAGENET1K_V1`), downloaded (`alexnet_k3.downloads`: a timeout,
+              `ALEXNET_K3_DOWNLOAD_TIMEOUT`) and checked against the record's SHA-256
+              into `torch.hub.get_dir()/checkpoints/`, or read from there when cached;
             - the path of a torchvision checkpoint (`.pth`/`.pt`), a state_dict saved
               with `torch.save(model.state_dict(), path)`; read with
               `torch.load(weights_only=True)`, which refuses any pickled code;

@@ -16,21 +16,23 @@ public `get_unsafe_globals_in_checkpoint`, or decoded statically with
 `pickletools`: nothing runs), otherwise a pickle torch cannot read; anything
 else is a damaged zip member (`zipfile.testzip`) or a format torch does not read.
 
-The pretrained weights are downloaded by torch hub from their record's URL and
-checked against the record's SHA-256 prefix before they enter the cache.
+The pretrained weights are downloaded from their record's URL into torch hub's
+cache folder by `alexnet_k3.downloads` (a timeout, a temporary name, the
+record's SHA-256 prefix checked before the rename into the cache).
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
-import os
 import pathlib
 import pickle
 import pickletools
+import re
 import zipfile
 from collections.abc import Mapping
 
+from alexnet_k3 import downloads
+from alexnet_k3.core import from_command_line, option_name
 from alexnet_k3.weights.errors import WeightsError
 from alexnet_k3.weights.layouts import ArchitectureTable
 from alexnet_k3.weights.records import PretrainedWeights
@@ -201,55 +203,79 @@ def read_pretrained(name: str, table: ArchitectureTable) -> Source:
     if torch is None:
         out = f"{table.name}_{name}.weights.h5"
         raise WeightsError(
-            f"weights={name!r} downloads torchvision's {record.file_name}, which needs "
-            "torch: `pip install 'alexnet-k3[torch]'`. Without torch, convert it once on a "
-            f"machine with torch (`alexnet-k3 convert --weights {name} --out {out}`) and "
-            f"pass weights={out!r}."
+            f"{option_name('weights', name)} downloads torchvision's {record.file_name}, "
+            "which needs torch: `pip install 'alexnet-k3[torch]'`. Without torch, convert it "
+            f"once on a machine with torch (`alexnet-k3 convert --weights {name} --out {out}`) and "
+            f"pass {option_name('weights', out)}."
         )
     folder = pathlib.Path(torch.hub.get_dir()) / "checkpoints"
     cached = folder / record.file_name
-    label = f"Checkpoint '{cached}' (weights={name!r})"
+    label = f"Checkpoint '{cached}' ({option_name('weights', name)})"
+    downloads.remove_stale(folder, record.file_name, _legacy_partials(record.file_name))
     if not cached.is_file():
-        _download(torch, record, folder, cached, name)
-        return read_torch_file(cached, table, label)
-    # A file copied into the cache by hand (as the offline message suggests) is
-    # checked here; a download is checked before it enters the cache.
-    wrong = _wrong_hash(cached, record)
-    if wrong:
-        raise WeightsError(
-            f"{label} is not torchvision's file: {wrong}. Delete it (it is then downloaded "
-            f"again) or replace it with the file from {record.url}."
-        )
+        _download(record, folder, cached, name)
+    else:
+        # A file copied into the cache by hand (as the offline message suggests) is
+        # checked here; a download is checked before it enters the cache.
+        wrong = _wrong_hash(cached, record)
+        if wrong:
+            raise WeightsError(
+                f"{label} is not torchvision's file: {wrong}. Delete it (it is then "
+                f"downloaded again) or replace it with the file from {record.url}."
+            )
     try:
         return read_torch_file(cached, table, label)
     except WeightsError as error:
-        raise WeightsError(f"{error} Or delete it to download it again.") from error
+        # Its hash is torchvision's, so reading it failed here, not on the way: the
+        # cache gives it up so that the advice to fetch it again can be followed.
+        cached.unlink(missing_ok=True)
+        what = str(error).replace(" Download or copy it again.", "")
+        raise WeightsError(
+            f"{what} It passed its SHA-256 check, so it was removed from torch hub's cache "
+            f"and the next run downloads it again; if that ends in the same error, this "
+            f"torch ({torch.__version__}) cannot read torchvision's file: upgrade torch, or "
+            f"convert it where torch can (`alexnet-k3 convert --weights {name} --out "
+            f"{table.name}_{name}.weights.h5`)."
+        ) from error
 
 
-def _download(torch, record: PretrainedWeights, folder, cached, name: str) -> None:
+def _legacy_partials(file_name: str) -> tuple[re.Pattern, ...]:
+    """Temporary files of earlier downloads of `file_name`: torch hub's
+    (`NAME.<uuid>.partial`) and this package's before `alexnet_k3.downloads`
+    (`.NAME.<pid>.download`, with torch hub's `.partial` of it)."""
+    name = re.escape(file_name)
+    return (
+        re.compile(rf"\.{name}\.(\d+)\.download(?:\.[0-9a-f]{{32}}\.partial)?"),
+        re.compile(rf"{name}\.[0-9a-f]{{32}}\.partial"),
+    )
+
+
+def _download(record: PretrainedWeights, folder, cached, name: str) -> None:
     """Downloads `record` into `cached`, only if its SHA-256 matches the record's."""
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{record.file_name}.{os.getpid()}.download"
+    given = option_name("weights", name)
     try:
-        try:
-            torch.hub.download_url_to_file(record.url, str(partial), progress=True)
-        except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
-            raise WeightsError(
-                f"weights={name!r}: could not download {record.file_name} from {record.url} "
-                f"({type(error).__name__}: {error}) and it is not in torch hub's cache. "
-                f"Without internet, copy the file into '{folder}' (the cache folder: "
-                "$TORCH_HOME/hub/checkpoints), or pass the path of a copy as weights=..."
-            ) from error
-        wrong = _wrong_hash(partial, record)
-        if wrong:
-            raise WeightsError(
-                f"weights={name!r}: the download of {record.url} failed its check ({wrong}); "
-                f"nothing was written to '{folder}'. Try again; if it keeps failing, the "
-                "download is being altered on the way."
-            )
-        os.replace(partial, cached)
-    finally:
-        partial.unlink(missing_ok=True)
+        downloads.download(record.url, cached, hash_name="sha256", expected=record.sha256_prefix)
+    except downloads.WrongHashError as error:
+        raise WeightsError(
+            f"{given}: the download failed its SHA-256 check ({error}); the transfer ended "
+            f"normally but the file is not torchvision's, and nothing was written to '{folder}'. "
+            "Run again to retry; if it keeps failing, something on the way (a proxy?) alters "
+            f"the download: {_copy_advice(folder)}"
+        ) from None
+    except downloads.DownloadError as error:
+        raise WeightsError(
+            f"{given}: could not download {record.file_name}, which is not in torch hub's "
+            f"cache yet: {error}. {downloads.retry_advice(error)} Without internet, "
+            f"{_copy_advice(folder)}"
+        ) from error
+
+
+def _copy_advice(folder) -> str:
+    copy = "--weights PATH" if from_command_line() else "weights=PATH"
+    return (
+        f"download it another way and put it in '{folder}' (torch hub's cache, "
+        f"$TORCH_HOME/hub/checkpoints), or pass the path of a copy as {copy}."
+    )
 
 
 def _wrong_hash(path: pathlib.Path, record: PretrainedWeights) -> str | None:
