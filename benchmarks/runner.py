@@ -13,9 +13,11 @@ Every implementation runs in its own worker process (a process has one Keras
 backend; torch.compile, XLA and thread pools stay out of each other's way). A
 worker that cannot import its framework, runs out of memory at a batch size,
 or dies (its results file unreadable included) is recorded with an `error`
-and the run goes on. `--out FILE.json` gets the records, and `FILE.md` (the
-table) and `FILE.png` (a bar chart) go beside it (`benchmarks/report.py`). The
-markdown table also goes to standard output.
+and the run goes on; the exit status is 1 when a worker failed for any other
+reason than out-of-memory or a framework that is not installed. `--out
+FILE.json` gets the records, and `FILE.md` (the table) and `FILE.png` (a bar
+chart) go beside it (`benchmarks/report.py`). The markdown table also goes to
+standard output.
 """
 
 from __future__ import annotations
@@ -249,7 +251,13 @@ def worker_config(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the benchmark; returns 0 when at least one record has a figure, else 1."""
+    """Runs the benchmark; returns 0 when every worker ran and something was measured.
+
+    Out-of-memory at a batch size and a framework that is not installed are
+    results (recorded, exit 0 if anything else was measured); any other failure
+    of a worker (a crash, a timeout, an error in its code) makes the exit status 1
+    after the table is written, with each failed worker and its error on stderr.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return _worker_main(argv[1:])
@@ -271,7 +279,37 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out is not None:
         report.save(records, table, args.out)
-    return 0 if any(r.get("images_per_sec") for r in records) else 1
+    failed = failures(measured)
+    for impl, error in failed:
+        print(f"[bench] FAILED: {impl}: {error}", file=sys.stderr)
+    if not any(r.get("images_per_sec") for r in records):
+        print("[bench] nothing was measured", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+# Errors that are results, not failures, besides "oom" (the batch did not fit): the
+# framework is not installed (see `_worker_main`), no baseline exists for the variant.
+_NOT_FAILURES = ("missing: ", "no torchvision model for variant")
+
+
+def failures(records: list[dict]) -> list[tuple[str, str]]:
+    """(impl, error) of each worker failure among `records`, once per pair, in order.
+
+    Example:
+        >>> failures([{"impl": "keras-jax", "error": "oom"}])
+        []
+    """
+    failed = []
+    for record in records:
+        error = record.get("error")
+        if not error or error == "oom" or error.startswith(_NOT_FAILURES):
+            continue
+        detail = record.get("error_detail")
+        text = error if not detail or detail == error else f"{error} ({detail})"
+        if (record["impl"], text) not in failed:
+            failed.append((record["impl"], text))
+    return failed
 
 
 def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool = False):
@@ -369,7 +407,10 @@ def _worker_main(argv: list[str]) -> int:
             raise ValueError(f"unknown implementation {impl!r}, expected one of {common.IMPLS}")
         records = module.run(impl, config)
     except ImportError as exc:
-        failure = f"missing: {common.short_error(exc).split(': ', 1)[-1]}", exc
+        if _framework_missing(exc):
+            failure = f"missing: {common.short_error(exc).split(': ', 1)[-1]}", exc
+        else:  # a broken import in installed code is a crash, not a missing backend
+            failure = common.short_error(exc), exc
     except Exception as exc:  # noqa: BLE001 - the parent reports it and goes on
         failure = common.short_error(exc), exc
     if failure is not None:
@@ -388,6 +429,16 @@ def _worker_main(argv: list[str]) -> int:
         records += rest
     common.write_records(result_path, records)
     return 0
+
+
+# What a worker may lack on a machine without that implementation installed.
+_FRAMEWORKS = {"keras", "torch", "torchvision", "jax", "jaxlib", "tensorflow"}
+
+
+def _framework_missing(exc: ImportError) -> bool:
+    """Whether `exc` says a framework is not installed (not that installed code is broken)."""
+    name = getattr(exc, "name", None)
+    return isinstance(exc, ModuleNotFoundError) and (name or "").split(".")[0] in _FRAMEWORKS
 
 
 if __name__ == "__main__":

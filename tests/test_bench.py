@@ -380,3 +380,99 @@ def test_rounds_keep_the_median_round():
     assert merged["rounds_images_per_sec"] == [30.0, None, 10.0, 20.0]
     (failed,) = report.merge_rounds([rounds[1]])
     assert failed["error"] == "oom" and failed["rounds"] == 1
+
+
+def _record(impl, images_per_sec=None, error=None):
+    return common.new_record(
+        impl, "train", 2, TINY, images_per_sec=images_per_sec, error=error, error_detail=error
+    )
+
+
+@pytest.mark.parametrize(
+    "errors, expected",
+    [
+        ([None, None], 0),
+        ([None, "oom"], 0),  # a batch that does not fit is a result
+        ([None, "missing: No module named 'jax'"], 0),  # so is a backend not installed
+        ([None, "RuntimeError: a bug in the worker"], 1),  # a crash is not
+        ([None, "worker timed out after 60 s"], 1),
+        (["missing: No module named 'jax'", "oom"], 1),  # nothing measured
+    ],
+)
+def test_exit_status_is_one_when_a_worker_failed(monkeypatch, capsys, errors, expected):
+    # As `nox -s bench_all` in CI: torchvision measures, the Keras worker's record varies.
+    def run_impl(impl, config, **kwargs):
+        error = errors[0] if impl == "torchvision-eager" else errors[1]
+        return [_record(impl, None if error else 10.0, error)]
+
+    monkeypatch.setattr(runner, "run_impl", run_impl)
+    argv = ["--backends", BACKEND, "--baselines", "torchvision-eager", "--device", "cpu"]
+    assert runner.main(argv) == expected
+    err = capsys.readouterr().err
+    crashed = [e for e in errors if e and e != "oom" and not e.startswith("missing")]
+    for error in crashed:
+        assert f"[bench] FAILED: {IMPL}: {error}" in err, err
+    assert ("FAILED" in err) == bool(crashed)
+
+
+@pytest.mark.slow
+def test_a_keras_worker_that_raises_fails_the_run(tmp_path, monkeypatch, capsys):
+    # A real worker whose training step raises: its inference step is measured, so a
+    # run counting only whether anything was measured would pass.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            from benchmarks import keras_bench
+            real = keras_bench._measure
+
+            def _measure(mode, *args, **kwargs):
+                if mode == "train":
+                    raise RuntimeError("planted: the worker raises")
+                return real(mode, *args, **kwargs)
+
+            keras_bench._measure = _measure
+            """
+        )
+    )
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    )
+    small = ["--variant", "cifar", "--num-classes", "10", "--image-size", "32"]
+    code = runner.main(
+        ["--backends", BACKEND, "--baselines", "none", "--modes", "train,infer", *small]
+        + ["--batch-size", "2", "--steps", "1", "--warmup", "1", "--device", "cpu"]
+        + ["--out", str(tmp_path / "r.json")]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"[bench] FAILED: {IMPL}: RuntimeError: planted: the worker raises" in err, err
+    records = by_key(json.loads((tmp_path / "r.json").read_text()))
+    assert records[("infer", 2)]["images_per_sec"] > 0  # written before the exit status
+    assert records[("train", 2)]["error"] == "RuntimeError: planted: the worker raises"
+
+
+@pytest.mark.parametrize(
+    "name, missing",
+    [(BACKEND, True), ("keras", True), ("alexnet_k3.gone", False), (None, False)],
+)
+def test_only_a_framework_that_is_not_installed_counts_as_missing(
+    tmp_path, monkeypatch, name, missing
+):
+    # A broken import inside installed code is a crash, not a backend to skip.
+    def run(impl, config):
+        if name is None:
+            raise ImportError("cannot import name 'x' from 'alexnet_k3.model'")
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(keras_bench, "run", run)
+    monkeypatch.setitem(common.RESULT_SINK, "records", [])
+    config_path, result_path = tmp_path / "config.json", tmp_path / "records.json"
+    config_path.write_text(
+        json.dumps({**TINY, "modes": ["train"], "batch_sizes": [2], "end_to_end": False})
+    )
+    assert runner._worker_main([IMPL, str(config_path), str(result_path)]) == 0
+    (record,) = json.loads(result_path.read_text())
+    assert record["error"].startswith("missing: ") is missing, record["error"]
+    assert bool(runner.failures([record])) is not missing

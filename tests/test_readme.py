@@ -6,17 +6,32 @@ epochs appended (a later `--epochs` overrides the README's), and
 `--weights imagenet` is run twice: as written (offline: it must fail with the
 file name and the cache folder) and with a random-weight torchvision checkpoint
 in its place.
+
+`nox -s ...` commands must be run by `.ci/run`, read as shell commands (a
+session named only in a comment or an echo does not count). The Python blocks
+run as written (`tests/readme_snippets.py`), `weights="imagenet"` downloaded over
+HTTP from this machine; the inline `ak.train(...)`/`ak.evaluate(...)` calls run
+with tiny settings in place of the `...`.
 """
 
+import ast
+import dataclasses
+import hashlib
+import http.server
 import json
 import re
 import shlex
+import textwrap
+import threading
+import types
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 import tomllib
 from cifar_files import write_cifar10
+from readme_snippets import python_blocks, run_block
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -31,32 +46,132 @@ def _commands():
 COMMANDS = [argv for argv in _commands() if argv]
 
 
+def shell_commands(script: str) -> list[list[str]]:
+    """The simple commands of a shell script as argv lists: comments, `echo`s and
+    leading `VAR=value` assignments left out, `a; b`, `a && b`, `{ a; }` split apart."""
+    commands = []
+    for line in script.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|(){}")
+        lexer.whitespace_split = True
+        current: list[str] = []
+        for token in [*lexer, ";"]:
+            if token and set(token) <= set(";&|(){}"):
+                if current and current[0] != "echo":
+                    commands.append(current)
+                current = []
+            elif current or not re.fullmatch(r"\w+=.*", token):
+                current.append(token)
+    return commands
+
+
+def nox_sessions_run(script: str) -> set[str]:
+    """The sessions the script's `nox ... -s A B ...` commands run."""
+    sessions = set()
+    for argv in shell_commands(script):
+        if Path(argv[0]).name == "nox" and "-s" in argv:
+            for arg in argv[argv.index("-s") + 1 :]:
+                if arg.startswith("-"):
+                    break
+                sessions.add(arg)
+    return sessions
+
+
+def test_ci_script_is_read_as_commands():
+    script = textwrap.dedent(
+        """
+        # nox -s demo is named in a comment only
+        echo "next: nox -s bench_all"
+        f() { rm -rf .nox; }
+        nox -s lint tests -- -q; X=1 .venv/bin/nox -s "bench(backend='jax')" && f
+        """
+    )
+    assert shell_commands(script) == [
+        ["f"],
+        ["rm", "-rf", ".nox"],
+        ["nox", "-s", "lint", "tests", "--", "-q"],
+        [".venv/bin/nox", "-s", "bench(backend='jax')"],
+        ["f"],
+    ]
+    assert nox_sessions_run(script) == {"lint", "tests", "bench(backend='jax')"}
+
+
+CI_SCRIPT = (ROOT / ".ci" / "run").read_text()
+
+
 def test_readme_commands_are_all_accounted_for():
-    ci = (ROOT / ".ci" / "run").read_text()
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    from keras.src.distribution import distribution_lib
-
-    keras_reads = Path(distribution_lib.__file__).read_text()
+    ci_sessions = nox_sessions_run(CI_SCRIPT)
     for argv in COMMANDS:
         if argv[0] == "alexnet-k3":
             continue  # run by test_readme_cli_commands below
         if argv[:2] == ["nox", "-s"]:
             for session in argv[2:]:
-                assert f" {session}" in ci.replace("nox -s", " "), f"CI does not run {argv}"
+                assert session in ci_sessions, f"CI (.ci/run) does not run {argv}"
         elif argv[:2] == ["pip", "install"]:
             target = argv[2]
             if target == "nox":
-                assert 'install --quiet "nox' in ci
+                assert any(
+                    "pip" in c and "install" in c and any(a.startswith("nox") for a in c)
+                    for c in shell_commands(CI_SCRIPT)
+                ), "CI does not install nox with pip"
             else:
+                # A fresh venv installs the first extra alone, in CI, and runs the model
+                # snippet there; the others are checked to exist.
                 named = re.fullmatch(r"alexnet-k3\[(\w+)\]", target)
                 assert named and named.group(1) in extras, target
+                assert "install_check" in ci_sessions, "CI does not run nox -s install_check"
+                assert f'".[{named.group(1)}]"' in _session_source("install_check"), target
         elif argv[0] == "export":
-            variable = argv[1].split("=")[0]
-            assert variable in keras_reads, f"keras.distribution does not read {variable}"
+            continue  # test_readme_distribution_variables_reach_keras
         else:
             pytest.fail(f"README command {argv} is neither run by a test nor by CI")
+
+
+def _session_source(name: str) -> str:
+    """The source of the noxfile's session function `name`."""
+    noxfile = (ROOT / "noxfile.py").read_text()
+    for node in ast.parse(noxfile).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return ast.get_source_segment(noxfile, node)
+    pytest.fail(f"noxfile.py has no session {name}")
+
+
+def test_readme_distribution_variables_reach_keras(monkeypatch):
+    # The README's `export KERAS_DISTRIBUTION_*` lines, as keras.distribution.initialize()
+    # (which the package calls on jax for several hosts) passes them to the backend.
+    from keras.src.distribution import distribution_lib
+
+    exported = dict(argv[1].split("=", 1) for argv in COMMANDS if argv[0] == "export")
+    assert len(exported) == 3
+    for name, value in exported.items():
+        monkeypatch.setenv(name, value)
+    received = []
+
+    def initialize(*args):
+        received.append(args)
+
+    if distribution_lib.distribution_lib is None:  # backends without distribution support
+        monkeypatch.setattr(
+            distribution_lib, "distribution_lib", types.SimpleNamespace(initialize=initialize)
+        )
+    else:
+        monkeypatch.setattr(distribution_lib.distribution_lib, "initialize", initialize)
+    if BACKEND == "jax":
+        from alexnet_k3.backend import DataParallel, parallel
+
+        monkeypatch.setattr(parallel, "_jax_initialized", lambda: False)
+        DataParallel()  # joins the cluster the variables describe, then uses local devices
+    else:
+        keras.distribution.initialize()
+    assert received == [
+        (
+            exported["KERAS_DISTRIBUTION_JOB_ADDRESSES"],
+            int(exported["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
+            int(exported["KERAS_DISTRIBUTION_PROCESS_ID"]),
+        )
+    ]
 
 
 @pytest.mark.slow
@@ -124,3 +239,119 @@ def test_readme_cli_commands(tmp_path, run_cli):
 
 def _option(argv, name):
     return argv[argv.index(name) + 1]
+
+
+PYTHON_BLOCKS = python_blocks(README)
+
+
+def test_readme_python_blocks_are_all_run():
+    # Each section's blocks run in a test below; a new one needs a test too.
+    assert {h: len(b) for h, b in PYTHON_BLOCKS.items()} == {
+        "The model": 1,
+        "Transfer from torchvision": 1,
+    }
+
+
+@pytest.mark.slow
+def test_readme_model_block_runs_as_written():
+    printed, namespace = run_block(PYTHON_BLOCKS["The model"][0], "The model")
+    assert printed == ["57044810"]
+    assert isinstance(namespace["model"], keras.Model)
+
+
+@pytest.fixture
+def served_imagenet(tmp_path, monkeypatch):
+    """`weights="imagenet"` downloaded over HTTP from this machine: a random-weight
+    torchvision checkpoint under the record's file name, whose SHA-256 the record
+    is given, and an empty torch hub cache. Yields the checkpoint and the requests."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from alexnet_k3.weights import IMAGENET1K_V1, loader
+
+    served = tmp_path / "served"
+    served.mkdir()
+    checkpoint = served / IMAGENET1K_V1.file_name
+    torch.manual_seed(1)
+    torch.save(torchvision.models.alexnet().state_dict(), checkpoint)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, format, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{IMAGENET1K_V1.file_name}"
+    record = dataclasses.replace(IMAGENET1K_V1, url=url, sha256_prefix=digest[:8])
+    (table,) = loader.TABLES
+    monkeypatch.setattr(
+        loader, "TABLES", (dataclasses.replace(table, pretrained={"imagenet": record}),)
+    )
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    try:
+        yield checkpoint, requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_readme_transfer_block_runs_as_written(tmp_path, monkeypatch, served_imagenet):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    checkpoint, requests = served_imagenet
+    # The block's own example file: a 10-class fine-tuned torchvision AlexNet.
+    torch.manual_seed(2)
+    finetuned = torchvision.models.alexnet(num_classes=10).state_dict()
+    torch.save(finetuned, tmp_path / "my_finetuned_alexnet.pth")
+    monkeypatch.chdir(tmp_path)
+
+    _, namespace = run_block(PYTHON_BLOCKS["Transfer from torchvision"][0], "Transfer")
+
+    # "imagenet" came over HTTP, through the download and its hash check, into the cache.
+    assert any(path.endswith(checkpoint.name) for path in requests), requests
+    assert (tmp_path / "torch-home" / "hub" / "checkpoints" / checkpoint.name).is_file()
+    model = namespace["model"]
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    assert trainable == {"fc6", "fc7", "predictions"}  # freeze_features=True
+    # The last load replaced every weight, the head included (it had 10 classes too),
+    # and the export gives torchvision's names and values back.
+    exported = namespace["state_dict"]
+    assert set(exported) == set(finetuned)
+    for key, value in finetuned.items():
+        np.testing.assert_allclose(np.asarray(exported[key]), value.numpy(), rtol=0, atol=1e-6)
+    torchvision.models.alexnet(num_classes=10).load_state_dict(
+        {k: torch.as_tensor(np.asarray(v)) for k, v in exported.items()}
+    )
+
+
+def _inline_call(function: str) -> str:
+    """The README's inline `ak.<function>("...", ...)` example (in backquotes in the prose)."""
+    (call,) = re.findall(rf'`(ak\.{function}\("[^`]*\))`', README.replace("\n", " "))
+    return call
+
+
+@pytest.mark.slow
+def test_readme_python_train_and_evaluate_calls_run(tmp_path, monkeypatch):
+    # As written, the train call's `...` standing for a tiny run's settings.
+    train_call, evaluate_call = _inline_call("train"), _inline_call("evaluate")
+    assert train_call.count("...") == 1
+    tiny = train_call.replace("...", "epochs=1, batch_size=16, verbose=0")
+    data = write_cifar10(tmp_path, n_train=40, n_test=20)
+    monkeypatch.setenv("ALEXNET_K3_DATA", str(data))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(f"import alexnet_k3 as ak\ntrained = {tiny}\nevaluated = {evaluate_call}", namespace)
+    trained, evaluated = namespace["trained"], namespace["evaluated"]
+    assert trained["dataset"] == evaluated["dataset"] == "cifar10"
+    assert evaluated["model"] == "runs/x/model.keras" and evaluated["backend"] == BACKEND
+    assert evaluated["trained_on_backend"] == BACKEND and evaluated["test_images"] == 20
+    # The same model on the same backend and images: the same predictions.
+    assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
+    assert evaluated["test_accuracy"] == trained["test_accuracy"]

@@ -223,3 +223,142 @@ def test_channels_first_where_it_cannot_run_is_refused_before_the_run(tmp_path):
         keras.config.set_image_data_format(previous)
     with pytest.raises(ValueError, match="--backend torch or --backend jax"):
         load_model(tmp_path / "torch-layout.keras")
+
+
+@pytest.mark.slow
+def test_metrics_agree_with_scikit_learn_on_the_models_predictions(digits_run):
+    from sklearn import metrics as sk
+
+    from alexnet_k3 import datasets
+    from alexnet_k3.evaluation import load_model
+
+    out, metrics = digits_run
+    data = datasets.load_dataset("digits")
+    model = load_model(out / "model.keras")
+    feed = backend.array_feed(data.x_test, batch_size=64)
+    predicted = np.asarray(model.predict(**feed, verbose=0)).argmax(axis=1)
+    labels = np.arange(len(data.class_names))
+    np.testing.assert_array_equal(
+        metrics["confusion_matrix"], sk.confusion_matrix(data.y_test, predicted, labels=labels)
+    )
+    recall = sk.recall_score(data.y_test, predicted, labels=labels, average=None)
+    assert [metrics["per_class_accuracy"][n] for n in data.class_names] == pytest.approx(recall)
+    assert metrics["test_accuracy"] == pytest.approx(sk.accuracy_score(data.y_test, predicted))
+
+
+@pytest.fixture
+def few_digits(monkeypatch):
+    """The digits cut to 32 training and 16 test images: two steps of 16 an epoch."""
+    from alexnet_k3 import datasets
+    from alexnet_k3.datasets.base import Dataset
+
+    full = datasets.load_dataset("digits")
+    small = Dataset(
+        "digits",
+        full.x_train[:32],
+        full.y_train[:32],
+        full.x_test[:16],
+        full.y_test[:16],
+        full.class_names,
+    )
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, data_dir=None: small)
+
+
+def _other_data_format():
+    """The image data format that is not this backend's default, where it runs here."""
+    recommended = backend.recommended_image_data_format()
+    other = {"channels_first": "channels_last", "channels_last": "channels_first"}[recommended]
+    return other if backend.runs_image_data_format(other) else recommended
+
+
+# Every training option the README lists, in two tiny runs per backend. The jit is off
+# in one and on in the other, but for what takes minutes on a CPU: jax without XLA
+# (op by op: 60 s for two steps) and torch with it (torch.compile); "auto" there.
+OPTION_RUNS = {
+    "adam": dict(
+        optimizer="adam",
+        warmup_epochs=0,
+        precision="mixed_bfloat16",
+        jit_compile="auto" if BACKEND == "jax" else False,
+        augment=False,
+        label_smoothing=0.1,
+        validation_split=0.0,  # no validation step to compile
+    ),
+    "adamw": dict(
+        optimizer="adamw",
+        warmup_epochs=1,
+        precision="mixed_float16",
+        jit_compile="auto" if BACKEND == "torch" else True,
+        weight_decay=1e-3,
+        augment=True,
+        data_format="recommended",
+        validation_split=0.0,
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OPTION_RUNS)
+def test_training_options_take_effect(tmp_path, monkeypatch, few_digits, name):
+    from alexnet_k3 import training
+    from alexnet_k3.config import TrainConfig
+    from alexnet_k3.core import DEFAULT_LEARNING_RATES
+    from alexnet_k3.evaluation import load_model
+
+    settings = dict(OPTION_RUNS[name])
+    if name == "adam":
+        settings["data_format"] = _other_data_format()
+        if "schedule" in TrainConfig.__dataclass_fields__:
+            settings["schedule"] = "cosine"
+    # The model as `fit` trained it: compiled by training's own compile_model.
+    compiled = []
+
+    def compile_model(model, *args, **kwargs):
+        real_compile_model(model, *args, **kwargs)
+        compiled.append(model)
+
+    real_compile_model = training.compile_model
+    monkeypatch.setattr(training, "compile_model", compile_model)
+    out = tmp_path / name
+    metrics = train(out, dataset="digits", epochs=1, batch_size=16, verbose=0, **settings)
+
+    saved = json.loads((out / "config.json").read_text())
+    assert {k: saved[k] for k in settings} == settings
+    data_format = settings["data_format"]
+    if data_format == "recommended":
+        data_format = backend.recommended_image_data_format()
+    assert metrics["optimizer"] == settings["optimizer"]
+    assert metrics["precision"] == settings["precision"]
+    assert metrics["data_format"] == data_format
+
+    (model,) = compiled
+    if settings["jit_compile"] != "auto":
+        assert model.jit_compile is settings["jit_compile"]
+    optimizer = model.optimizer
+    if settings["precision"] == "mixed_float16":  # Keras scales the loss for float16
+        assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer), optimizer
+        optimizer = optimizer.inner_optimizer
+    expected_class = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}[name]
+    assert type(optimizer).__name__ == expected_class.__name__
+    assert optimizer.weight_decay == pytest.approx(saved["weight_decay"])
+    assert model.loss.get_config()["label_smoothing"] == saved["label_smoothing"]
+    # The schedule it ran: one epoch of `steps` steps, by the optimizer's own count.
+    steps = -(-metrics["train_images"] // 16)
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == steps
+    schedule = optimizer._learning_rate  # the schedule object itself, not its current value
+    rate = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (0, 1, steps)]
+    peak = DEFAULT_LEARNING_RATES[settings["optimizer"]]
+    if settings["warmup_epochs"]:  # linear warm-up from 0 over the epoch
+        assert rate == pytest.approx([0.0, peak / steps, peak], rel=1e-5)
+    else:  # cosine decay from the peak to 0 over the epoch
+        second = peak * (1 + np.cos(np.pi / steps)) / 2
+        assert rate == pytest.approx([peak, second, 0.0], rel=1e-5, abs=1e-9)
+
+    # What the saved model was built with: layout, dtype policy, augmentation layers.
+    saved_model = load_model(out / "model.keras")
+    conv1 = saved_model.get_layer("alexnet").get_layer("conv1")
+    assert conv1.data_format == data_format
+    assert conv1.dtype_policy.name == settings["precision"]
+    assert conv1.compute_dtype == settings["precision"].removeprefix("mixed_")
+    preprocessing = [layer.name for layer in saved_model.get_layer("preprocessing").layers]
+    assert ("pad_crop" in preprocessing) is settings["augment"]
