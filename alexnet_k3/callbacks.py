@@ -13,7 +13,8 @@ from pathlib import Path
 
 import keras
 
-from alexnet_k3.core import atomic_save, atomic_write_text
+from alexnet_k3 import backend
+from alexnet_k3.core import atomic_save, atomic_write_text, read_json
 
 
 def finite_loss(logs) -> bool:
@@ -51,9 +52,9 @@ class EpochBackup(keras.callbacks.Callback):
     weights and then the epoch counter in place, so a kill during either write
     can leave a truncated file or a counter that disagrees with the weights;
     changing that would mean overriding its private methods.) Here each epoch's
-    weights go to a new file and a small JSON pointer naming that file and its
-    epoch is renamed into place last: the pointer always names complete weights
-    of the epoch it states.
+    weights go to a new file and a small JSON pointer naming that file, its epoch
+    and the random state after it is renamed into place last: the pointer always
+    names complete weights of the epoch it states.
 
     Example:
         >>> backup = EpochBackup("runs/x/state/backup")
@@ -65,18 +66,42 @@ class EpochBackup(keras.callbacks.Callback):
         super().__init__()
         self.backup_dir = Path(backup_dir)
         self._pointer = self.backup_dir / "latest.json"
+        self._random_state = None  # restored as the first epoch begins
 
     def restore(self, model, default: int = 0) -> int:
         """Loads the last backup into `model` (compiled); returns the epochs it had done."""
         if not self._pointer.exists():
             return default
-        state = json.loads(self._pointer.read_text())
+        advice = (
+            f"Delete the folder {self.backup_dir} and resume again: the run then restarts "
+            "this phase from its start, and reruns the epochs since."
+        )
+        state = read_json(self._pointer, advice, dict)
         if model.optimizer is not None and not model.optimizer.built:
             # The backup holds the optimizer's variables (momentum, step count):
             # they need to exist before they can be loaded.
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(str(self.backup_dir / state["weights"]))
-        return int(state["epoch"])
+        try:
+            weights = self.backup_dir / state["weights"]
+            model.load_weights(str(weights))
+            epoch = int(state["epoch"])
+        except MemoryError:
+            raise
+        except Exception as error:  # h5py's OSError, KeyError, ValueError...
+            raise ValueError(
+                f"The backup in {self.backup_dir} cannot be restored "
+                f"({type(error).__name__}: {error}): the file is damaged or truncated. " + advice
+            ) from None
+        self._random_state = state.get("random_state")  # older backups have none
+        return epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Here, not in `restore`: `fit` draws from the global generators as it starts
+        # (torch: once, before its first epoch), which the uninterrupted run did not
+        # do between these two epochs.
+        if self._random_state is not None:
+            backend.set_random_state(self.model, self._random_state)
+            self._random_state = None
 
     def on_epoch_end(self, epoch, logs=None):
         if not finite_loss(logs):
@@ -85,7 +110,10 @@ class EpochBackup(keras.callbacks.Callback):
         done = epoch + 1
         name = f"epoch-{done:04d}.weights.h5"
         atomic_save(lambda p: self.model.save_weights(p, overwrite=True), self.backup_dir / name)
-        atomic_write_text(self._pointer, json.dumps({"epoch": done, "weights": name}))
+        # The random state goes with the weights: the next epoch then shuffles and
+        # drops out as it would have without the interruption.
+        pointer = {"epoch": done, "weights": name, "random_state": backend.random_state(self.model)}
+        atomic_write_text(self._pointer, json.dumps(pointer))
         for old in self.backup_dir.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -148,4 +176,10 @@ class HistoryWriter(keras.callbacks.Callback):
 
 def load_history(path) -> list[dict]:
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else []
+    if not path.exists():
+        return []
+    advice = (
+        "It holds the run's record of epochs, so the run cannot be resumed as it is: "
+        "restore the file, or start a new run in another folder."
+    )
+    return read_json(path, advice, list)

@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One Keras 3 AlexNet on torch, tensorflow or jax: train, evaluate, "
         "convert torchvision weights, compare runs, benchmark backends.",
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_backend(sub):
@@ -183,7 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="throughput per backend and vs torchvision (see `alexnet-k3 bench --help`)",
         add_help=False,
     )
+    for name, sub in commands.choices.items():
+        if name != "bench":  # --debug after the command too; SUPPRESS keeps the global one
+            sub.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+            )
     return parser
+
+
+DEBUG_HELP = "on an error, show Python's full traceback instead of one line"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,16 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "backend", None):
             _select_backend(args.backend)
-        _check_backend_installed()
+        _check_backend_installed(args.command)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except TrainingDiverged as error:
+        if args.debug:
+            raise
         # Not a usage error: the run started and failed, and says what to change.
         print(f"alexnet-k3 {args.command}: error: {error}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, OSError, ImportError) as error:
+        if args.debug:
+            raise
         # Errors users cause (bad files, bad settings, missing data) end in one clear line.
         parser.exit(2, f"alexnet-k3 {args.command}: error: {error}\n")
     finally:
@@ -233,8 +246,14 @@ def _select_backend(name: str) -> None:
     os.environ["KERAS_BACKEND"] = name
 
 
-def _check_backend_installed() -> None:
+def _check_backend_installed(command: str) -> None:
     name = os.environ.get("KERAS_BACKEND")
+    if name and name not in BACKENDS and command != "compare":  # compare needs no Keras
+        raise ValueError(
+            f"KERAS_BACKEND={name} is not a backend alexnet_k3 runs on (Keras's numpy and "
+            f"openvino backends cannot train); expected one of {', '.join(BACKENDS)}. "
+            "Set KERAS_BACKEND to one of them, or pass --backend."
+        )
     if name in BACKENDS and importlib.util.find_spec(name) is None:
         raise ImportError(
             f"the {name} backend was chosen but {name} is not installed. "

@@ -47,6 +47,9 @@ class Kind:
 
 
 _INF = float("inf")
+# The largest model input side admitted: one batch of 128 images at 1024 x 1024 is
+# already 1.6 GB of float32 input before the first convolution.
+MAX_IMAGE_SIZE = 1024
 # `None` is admitted where the field's default is None ("not set"), and nowhere else.
 KINDS = {
     "positive_int": Kind(int, lambda v: _is_int(v) and v >= 1, "a positive integer"),
@@ -63,7 +66,8 @@ KINDS = {
     "str": Kind(str, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "jit": Kind(
         JIT_SETTINGS.__getitem__,
-        lambda v: any(v is s for s in JIT_SETTINGS.values()),
+        # `is` tells True from 1; a string read back from config.json is equal, not identical.
+        lambda v: any(v is s or (type(v) is str and v == s) for s in JIT_SETTINGS.values()),
         "True, False or 'auto' (on, off or auto on the command line)",
     ),
 }
@@ -189,6 +193,9 @@ class TrainConfig:
             )
         if self.devices is not None and not self.data_parallel:
             self._bad("devices", "None unless data_parallel=True")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            # Refused here, not by an allocator after minutes: 10000 asked for 819 GB.
+            self._bad("image_size", f"at most {MAX_IMAGE_SIZE} (AlexNet is trained at 224)")
 
     def _bad(self, name: str, expected: str):
         raise ValueError(f"`{name}` must be {expected}, received {name}={getattr(self, name)!r}.")

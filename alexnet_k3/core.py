@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 # --- Option vocabularies ------------------------------------------------------------
@@ -136,13 +137,51 @@ def option_name(name: str, value=None) -> str:
 
 # --- Atomic writes ------------------------------------------------------------------
 # Each file is written under a temporary name in the same folder, flushed, and
-# renamed over the target: `os.replace` is atomic on POSIX and Windows.
+# renamed over the target: `os.replace` is atomic on POSIX and Windows. The
+# temporary name, `.tmp-<pid>-<name>`, names its writer, so the files of a
+# writer killed mid-save can be told apart and removed (`remove_stale_temp_files`).
+
+_TEMP_NAME = re.compile(r"\.tmp-(\d+)-.+")
+
+
+def _temp_path(path: Path) -> Path:
+    # The real name stays at the end: Keras's savers require the suffix.
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process `pid` exists on this machine (signal 0 probes, sends nothing)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder) -> list[Path]:
+    """Removes the atomic writes' temporary files, under `folder`, of processes that died.
+
+    A process killed (SIGKILL, power loss) between creating its temporary file and
+    renaming it leaves `.tmp-<pid>-<name>` behind; the files of live processes,
+    this one included, are left alone. Returns the files removed.
+    """
+    removed = []
+    for tmp in Path(folder).rglob(".tmp-*"):
+        match = _TEMP_NAME.fullmatch(tmp.name)
+        if match and tmp.is_file() and not pid_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path, text: str) -> None:
     """Writes `text` to `path` through a temporary file and a rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_path(path)
     try:
         with open(tmp, "w") as f:
             f.write(text)
@@ -151,6 +190,36 @@ def atomic_write_text(path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
+_JSON_NAMES.update({bool: "boolean", type(None): "null"})
+
+
+def read_json(path, advice: str, expected: type | None = None):
+    """The JSON value in file `path`; a damaged file raises ValueError naming it and `advice`.
+
+    `advice` says what to do about it (a sentence). With `expected` (dict, list),
+    another type of value is refused the same way.
+
+    Example:
+        >>> read_json("runs/x/history.json", "Start a new run.", list)  # doctest: +SKIP
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as error:  # also UnicodeDecodeError
+        size = path.stat().st_size
+        raise ValueError(
+            f"{path} is not valid JSON ({size} bytes; {error}): it is damaged, truncated "
+            f"or was not written by alexnet_k3. {advice}"
+        ) from None
+    if expected is not None and not isinstance(value, expected):
+        raise ValueError(
+            f"{path} holds a JSON {_JSON_NAMES.get(type(value), 'value')}, expected a "
+            f"JSON {_JSON_NAMES[expected]}. {advice}"
+        )
+    return value
 
 
 def atomic_write_json(path, value, **dump_kwargs) -> None:
@@ -166,7 +235,7 @@ def atomic_save(save, path) -> None:
     `path` keeps its previous content.
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = _temp_path(path)
     try:
         save(str(tmp))
         os.replace(tmp, path)

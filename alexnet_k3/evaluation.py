@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from alexnet_k3 import backend, datasets
+from alexnet_k3 import backend, datasets, runs
 
 
 def load_model(path) -> keras.Model:
@@ -37,7 +38,25 @@ def load_model(path) -> keras.Model:
             f"{path} is not a .keras model file (suffix {path.suffix!r}). Give the model.keras "
             "that `alexnet-k3 train` wrote."
         )
-    model = keras.saving.load_model(path)
+    if not zipfile.is_zipfile(path):
+        # Keras reports such a file as "File not found" although it exists.
+        size = path.stat().st_size
+        raise ValueError(
+            f"{path} is not a complete .keras model: it is {size} bytes"
+            + (" (empty)" if size == 0 else "")
+            + " and not a zip archive, which .keras files are. It was probably cut short "
+            "(an interrupted copy or download): copy it again, or train again."
+        )
+    try:
+        model = keras.saving.load_model(path)
+    except MemoryError:
+        raise
+    except Exception as error:  # KeyError, ValueError, OSError...: the archive is wrong
+        raise ValueError(
+            f"{path} could not be read as a Keras model ({type(error).__name__}: {error}). "
+            "Expected a model.keras written by `alexnet-k3 train` (or keras.Model.save); "
+            "this zip is damaged or holds something else: copy it again, or train again."
+        ) from error
     _check_runs_here(model, path)
     return model
 
@@ -126,6 +145,16 @@ def evaluate(model, dataset="digits", *, data_dir=None, batch_size=256, out=None
         >>> sorted(metrics["per_class_accuracy"])[:3]
         ['0', '1', '2']
     """
+    if out is None:
+        return _evaluate(model, dataset, data_dir, batch_size, None)
+    # One writer per folder; and never over another run's results.
+    runs.claim_for_evaluation(Path(out))
+    with runs.lock(Path(out), "evaluate"):
+        runs.claim_for_evaluation(Path(out))
+        return _evaluate(model, dataset, data_dir, batch_size, Path(out))
+
+
+def _evaluate(model, dataset, data_dir, batch_size, out) -> dict:
     source = str(model) if not isinstance(model, keras.Model) else model.name
     if not isinstance(model, keras.Model):
         model = load_model(model)
@@ -147,7 +176,7 @@ def evaluate(model, dataset="digits", *, data_dir=None, batch_size=256, out=None
     if out is not None:
         from alexnet_k3 import report
 
-        report.write_run(Path(out), metrics, None, model, data)
+        report.write_run(out, metrics, None, model, data)
     return metrics
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_k3.core import atomic_write_text
+from alexnet_k3.core import atomic_write_text, read_json
 
 # (title, metrics key, decimals for floats)
 COMPARE_COLUMNS = [
@@ -216,13 +216,19 @@ def compare_runs(run_dirs) -> str:
                 f"{run_dir} has no metrics.json: give folders written by `alexnet-k3 train` "
                 "or `alexnet-k3 evaluate --out`."
             )
-        try:
-            rows.append((str(run_dir), json.loads(path.read_text())))
-        except ValueError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}).") from None
+        advice = (
+            "Give folders written by `alexnet-k3 train` or `alexnet-k3 evaluate --out`, "
+            "or leave this one out."
+        )
+        rows.append((str(run_dir), read_json(path, advice, dict)))
     header = "| run | " + " | ".join(title for title, _, _ in COMPARE_COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COMPARE_COLUMNS) + 1)]
     for run_dir, metrics in rows:
         cells = [_fmt(metrics.get(key), digits or 4) for _, key, digits in COMPARE_COLUMNS]
-        lines.append(f"| {run_dir} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(map(_cell, [run_dir, *cells])) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """`text` as one markdown table cell: `|` escaped, line breaks as spaces."""
+    return " ".join(str(text).splitlines()).replace("|", "\\|")

@@ -2,8 +2,9 @@
 
 One function, `train`, runs the whole study for one backend: the same code on
 torch, tensorflow and jax. Everything it writes goes to `out`:
-`config.json`, `history.json`/`history.csv`, `model.keras` (the best epoch by
-validation accuracy), `metrics.json`, `report.md` and the PNG plots.
+`config.json`, `history.json`/`history.csv`, `model.keras` (the last epoch, or
+with a validation hold-out the best by validation accuracy), `metrics.json`,
+`report.md` and the PNG plots.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ FLIP_AUGMENTATION = {"cifar10": True, "digits": False}
 
 
 def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dict:
-    """Trains AlexNet, keeps the best epoch, evaluates it on the test set and writes a report.
+    """Trains AlexNet, keeps the last (or best) epoch, tests it and writes a report.
 
     Args:
         out: folder for everything the run writes (created if needed).
@@ -68,7 +69,14 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
         True
     """
     out = Path(out)
+    # One writer per folder; a failed start leaves no folder, no lock, no temp files.
+    with runs.lock(out):
+        return _train(out, resume, verbose, settings)
+
+
+def _train(out: Path, resume: bool, verbose, settings: dict) -> dict:
     config = _prepare_run(out, resume, settings)
+    runs.check_speed(config, backend.accelerator())
     done = runs.finished(out) if resume else None
     if done is not None:
         print(f"{out} already holds a finished run; nothing to resume.")
@@ -134,6 +142,8 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
     parallel = _data_parallel(config)
     replicas = parallel.num_replicas if parallel else 1
     (x_train, y_train), validation = _split(data.x_train, data.y_train, config, replicas)
+    n_val = 0 if validation is None else len(validation[0])
+    runs.check_split(len(x_train), n_val, len(data.x_train), y_train.shape[1], config)
 
     history_path = out / "history.json"
     best_path = out / "model.keras"

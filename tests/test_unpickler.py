@@ -231,3 +231,54 @@ def test_nested_too_deep():
     depth = 50_000
     err = refused(b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b".", PickleTooDeepError)
     assert "nested too deeply" in str(err)
+
+
+# ------------------------------------------------------------------ size budgets
+
+
+def test_a_small_file_of_shared_lists_is_refused_fast_with_bounded_memory():
+    # Issue 15, bug 3: 203 KB on disk, 10**10 list items (~80 GB) once rebuilt.
+    import time
+    import tracemalloc
+
+    inner = list(range(1000))
+    stream = pickle.dumps([[inner] * 100_000] * 100, protocol=2)
+    assert len(stream) < 250_000
+    tracemalloc.start()
+    started = time.perf_counter()
+    err = refused(stream, unpickler.PickleTooLargeError)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "more than 1,000,000 list, tuple and dict items" in str(err)
+    assert seconds < 5 and peak < 200 * 2**20, (seconds, peak)
+
+
+def test_shared_bytes_are_counted_at_each_use():
+    stream = pickle.dumps([b"x" * 1000] * 1000, protocol=2)
+    err = unpickler_error(stream, max_bytes=500_000)
+    assert "more than 500,000 bytes" in str(err)
+    assert len(unpickler.load(io.BytesIO(stream), WHERE, max_bytes=1_000_000)) == 1000
+
+
+def test_array_bytes_count_against_the_budget():
+    stream = pickle.dumps({b"data": np.zeros((100, 100), np.uint8)}, protocol=2)
+    assert "bytes of data" in str(unpickler_error(stream, max_bytes=9_999))
+    assert load(stream)[b"data"].shape == (100, 100)
+
+
+def test_a_cifar_sized_batch_fits_the_default_budget():
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [i % 10 for i in range(10_000)],
+        b"data": np.zeros((10_000, 3072), np.uint8),
+        b"filenames": [b"some_image_name_%05d.png" % i for i in range(10_000)],
+    }
+    assert len(load(python2_pickle(batch))[b"labels"]) == 10_000
+
+
+def unpickler_error(stream: bytes, **budget) -> PickleLoadError:
+    with pytest.raises(unpickler.PickleTooLargeError) as err:
+        unpickler.load(io.BytesIO(stream), WHERE, **budget)
+    assert str(err.value).startswith(f"{WHERE}: ")
+    return err.value

@@ -5,7 +5,8 @@ then `backend.device_name()` and so on. What cannot be agnostic lives here, by j
 
 - `info`: the backend's name (the one `keras.config.backend()` call), versions,
   device, synchronizing before a clock stops, peak memory, freeing memory;
-- `feed`: how in-memory arrays reach `fit` (`array_feed`);
+- `feed`: how in-memory arrays reach `fit` (`array_feed`), and the random state
+  a resumed run restores (`random_state`, `set_random_state`);
 - `speed`: the recommended compile settings, data format and precision, and
   the process-wide tuning (`tune_for_speed`, glibc's `keep_freed_memory`);
 - `parallel`: data-parallel training (`DataParallel`, `replicas_holding`).
@@ -18,7 +19,7 @@ of the package (the names re-exported below stay the real ones).
 out-of-memory errors without importing one), re-exported for the callers here.
 """
 
-from alexnet_k3.backend.feed import array_feed
+from alexnet_k3.backend.feed import array_feed, random_state, set_random_state
 from alexnet_k3.backend.info import (
     accelerator,
     device_name,
@@ -53,11 +54,13 @@ __all__ = [
     "keep_freed_memory",
     "name",
     "peak_memory_bytes",
+    "random_state",
     "recommended_compile_kwargs",
     "recommended_image_data_format",
     "recommended_precision",
     "replicas_holding",
     "reset_peak_memory",
+    "set_random_state",
     "synchronize",
     "tune_for_speed",
     "versions",

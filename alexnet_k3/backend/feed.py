@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from alexnet_k3.backend import info
 
 
@@ -50,3 +52,53 @@ def array_feed(x, y=None, *, batch_size: int, shuffle: bool = False) -> dict:
         # ignore `fit`'s default shuffle=True for a dataset.
         feed["shuffle"] = False
     return feed
+
+
+# The random state a resumed run must restore to continue as an uninterrupted one:
+# the global generators `fit` draws its shuffles from (numpy's on jax, torch's on
+# torch; Python's for completeness), and every layer's SeedGenerator state
+# (dropout masks, augmentation), which Keras's weight files leave out.
+# tensorflow: the feed's tf.data shuffle keeps its position inside the dataset
+# object, so a resumed tensorflow run reshuffles from the first epoch's order.
+
+
+def random_state(model) -> dict:
+    """This process's and `model`'s random state, as JSON-ready lists (see `set_random_state`)."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+        "seed_generators": [[v.path, np.asarray(v).tolist()] for v in _seed_states(model)],
+    }
+    if info.name() == "torch":
+        import torch
+
+        state["torch"] = torch.get_rng_state().tolist()
+    return state
+
+
+def set_random_state(model, state: dict) -> None:
+    """Restores what `random_state` returned, on the same backend; unknown parts are skipped."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    variables = _seed_states(model)
+    # In model order: the same model built again lists them in the same order (their
+    # names are numbered per process, so a second build in one process differs there).
+    if len(variables) == len(state["seed_generators"]):
+        for variable, (_, value) in zip(variables, state["seed_generators"]):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+    if "torch" in state and info.name() == "torch":
+        import torch
+
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def _seed_states(model) -> list:
+    return [v for v in model.variables if "seed_generator_state" in v.path]
