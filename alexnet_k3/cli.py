@@ -100,9 +100,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         flags = meta["flags"] or (f"--{f.name.replace('_', '-')}",)
         options = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
         if meta["kind"] == "bool":
-            options["action"] = "store_false" if f.default else "store_true"
-            if f.default:  # a --no-... flag
-                options["help"] += " (on by default; this flag turns it off)"
+            # --x and --no-x both exist, so a default can change without breaking scripts.
+            options["action"] = argparse.BooleanOptionalAction
+            options["help"] += f" (default: {'on' if f.default else 'off'})"
         else:
             if meta["kind"] == "jit":
                 options["metavar"] = "{" + ",".join(JIT_SETTINGS) + "}"

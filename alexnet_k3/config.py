@@ -113,10 +113,10 @@ class TrainConfig:
         flags=("--lr", "--learning-rate"),
     )
     warmup_epochs: int = option(
-        1, "epochs of linear learning-rate warm-up", kind="non_negative_int"
+        0, "epochs of linear learning-rate warm-up", kind="non_negative_int"
     )
     schedule: str = option(
-        "cosine",
+        "constant",
         "learning rate after the warm-up: cosine decay to 0, or constant at the peak",
         choices=SCHEDULES,
     )
@@ -126,13 +126,14 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the loss", kind="fraction")
     precision: str = option("float32", "Keras dtype policy", choices=PRECISIONS)
     validation_split: float = option(
-        0.1, "share of the training images held out to pick the best epoch", kind="fraction"
+        0.0,
+        "share of the training images held out to pick the best epoch (0: keep the last)",
+        kind="fraction",
     )
     augment: bool = option(
-        True,
+        False,
         "random pad-crop and horizontal flips (no flips for the digits) in training",
         kind="bool",
-        flags=("--no-augment",),
     )
     seed: int = option(
         0, "seed of the split, the initialization and the shuffles", kind="non_negative_int"
@@ -167,7 +168,6 @@ class TrainConfig:
         "to the OS (alexnet_k3.backend.keep_freed_memory, about 1.1x faster steps; the "
         "process keeps its peak memory). A process-wide setting",
         kind="bool",
-        flags=("--no-keep-freed-memory",),
     )
 
     def validate(self) -> None:

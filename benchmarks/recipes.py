@@ -3,8 +3,8 @@
 For each seed: one `benchmarks.torch_reference` run (the plain loop, row "torch-reference"),
 then, for each recipe and each backend, one `python -m alexnet_k3 train --variant cifar`
 run with the recipe's extra options. Every run is its own process. The accuracies are
-the test set's: the reference's last epoch, the package's `metrics.json` (its best epoch
-by validation accuracy on a 10% hold-out, unless the recipe changes that).
+the test set's: the reference's last epoch, the package's `metrics.json` (its last epoch
+by default; the best by validation accuracy when a recipe sets `--validation-split`).
 
 Writes `<out-dir>/<name>.json` (every run, then one summary row per recipe and backend)
 and `<name>.md` (the table). Seconds are wall-clock per process, start-up included.
@@ -111,12 +111,23 @@ def package_run(
 
 def summarize(runs: list[dict]) -> list[dict]:
     """One row per (recipe, backend): the seeds and the mean/min/max test accuracy."""
+    reference = {
+        r["seed"]: r["test_accuracy"]
+        for r in runs
+        if r["recipe"] == REFERENCE and "test_accuracy" in r
+    }
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         groups.setdefault((run["recipe"], run["backend"]), []).append(run)
     rows = []
     for (recipe, backend), group in groups.items():
         accuracies = [r["test_accuracy"] for r in group if "test_accuracy" in r]
+        # Paired by seed: the seeds' spread is far wider than the recipes' differences.
+        paired = [
+            r["test_accuracy"] - reference[r["seed"]]
+            for r in group
+            if "test_accuracy" in r and r["seed"] in reference
+        ]
         rows.append(
             {
                 "recipe": recipe,
@@ -127,6 +138,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "mean": round(mean(accuracies), 4) if accuracies else None,
                 "min": min(accuracies, default=None),
                 "max": max(accuracies, default=None),
+                "vs_reference": round(mean(paired), 4) if paired and recipe != REFERENCE else None,
                 "seconds_mean": round(mean(r["seconds"] for r in group), 1),
             }
         )
@@ -137,27 +149,33 @@ def markdown(summary: list[dict], settings: dict) -> str:
     def pct(value):
         return "-" if value is None else f"{100 * value:.1f}%"
 
+    def points(value):
+        return "-" if value is None else f"{100 * value:+.1f}"
+
     lines = [
         f"# {settings['name']}: test accuracy, {settings['epochs']} epochs, batch 128",
         "",
         f"Data: `{settings['data_dir']}`. CPU: {settings['cpu']} ({settings['cpus']} cores, "
         f"shared: seconds are rough). Python {settings['python']}.",
         "",
-        "| recipe | backend | extra args | seeds | mean | min | max | failed | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| recipe | backend | extra args | seeds | mean | min | max | vs reference | failed "
+        "| seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in summary:
         seeds = " ".join(str(s) for s in row["seeds"])
         args = f"`{row['args']}`" if row["args"] else ""
         lines.append(
             f"| {row['recipe']} | {row['backend']} | {args} | {seeds} | {pct(row['mean'])} | "
-            f"{pct(row['min'])} | {pct(row['max'])} | {row['failed']} | {row['seconds_mean']} |"
+            f"{pct(row['min'])} | {pct(row['max'])} | {points(row.get('vs_reference'))} | "
+            f"{row['failed']} | {row['seconds_mean']} |"
         )
     lines += [
         "",
         f"`{REFERENCE}`: `benchmarks/torch_reference.py` (plain SGD loop, coupled weight "
-        "decay, no schedule; last epoch). Other rows: `alexnet-k3 train` (best epoch by "
-        "validation accuracy on its hold-out, then the test set).",
+        "decay, no schedule; last epoch). Other rows: `alexnet-k3 train` (its last epoch, "
+        "or with `--validation-split` the best by validation accuracy). `vs reference`: "
+        "the mean over seeds of (row - reference of the same seed), in points.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -171,7 +189,7 @@ def _recipe(text: str) -> tuple[str, str]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="CIFAR-10-layout folder")
+    parser.add_argument("--data-dir", type=Path, help="CIFAR-10-layout folder (required to run)")
     parser.add_argument("--proxy-seed", type=int, default=0, help="seed if the proxy is written")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--backends", nargs="+", default=["torch"])
@@ -187,7 +205,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per process")
     parser.add_argument("--name", default="proxy-recipes")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="instead of running: join these result files' runs into one table (--name)",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args)
+    if args.data_dir is None:
+        parser.error("--data-dir is required (unless --merge)")
     recipes = dict(args.recipe or [("default", "")])
 
     data_dir = args.data_dir
@@ -235,6 +263,22 @@ def main(argv=None) -> dict:
             )
     print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
     return {"runs": runs, "summary": summarize(runs)}
+
+
+def merge(args) -> dict:
+    """Joins the runs of several result files (e.g. seeds run apart) into `--name`."""
+    runs, settings = [], None
+    for path in args.merge:
+        record = json.loads(path.read_text())
+        runs += record["runs"]
+        settings = settings or dict(record["settings"])
+    settings.update(name=args.name, seeds=sorted({r["seed"] for r in runs}))
+    summary = summarize(runs)
+    json_path = args.out_dir / f"{args.name}.json"
+    atomic_write_json(json_path, {"settings": settings, "runs": runs, "summary": summary}, indent=2)
+    atomic_write_text(args.out_dir / f"{args.name}.md", markdown(summary, settings))
+    print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
+    return {"runs": runs, "summary": summary}
 
 
 if __name__ == "__main__":

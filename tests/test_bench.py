@@ -9,9 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import pytest
@@ -19,9 +17,8 @@ import pytest
 from alexnet_k3 import backend as kb
 from alexnet_k3 import core
 
-# benchmarks/ is a folder of the repository, not part of the installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import common, keras_bench, report, runner  # noqa: E402
+# benchmarks/ is a folder of the repository (on sys.path through pytest's `pythonpath`).
+from benchmarks import common, keras_bench, report, runner
 
 BACKEND = kb.name()
 IMPL = f"keras-{BACKEND}"

@@ -92,6 +92,7 @@ def finished_run(tmp_path_factory):
         epochs=1,
         batch_size=256,
         weight_decay=0.001,
+        augment=True,
         validation_split=0.0,
         keep_freed_memory=False,
         verbose=0,
