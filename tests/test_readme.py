@@ -157,7 +157,10 @@ def test_readme_distribution_variables_reach_keras(monkeypatch):
             distribution_lib, "distribution_lib", types.SimpleNamespace(initialize=initialize)
         )
     else:
-        monkeypatch.setattr(distribution_lib.distribution_lib, "initialize", initialize)
+        # tensorflow's distribution module has no `initialize` of its own (Keras 3.15).
+        monkeypatch.setattr(
+            distribution_lib.distribution_lib, "initialize", initialize, raising=False
+        )
     if BACKEND == "jax":
         from alexnet_k3.backend import DataParallel, parallel
 
