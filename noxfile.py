@@ -18,9 +18,10 @@ nox.options.default_venv_backend = "virtualenv"
 nox.options.sessions = ["lint", "tests"]
 
 BACKENDS = ["torch", "jax", "tensorflow"]
-# A quick look that fits a 2-core CPU; on a GPU pass e.g.
-# `-- --device gpu --precision mixed_bfloat16 --batch-size 256 --out benchmarks/results/gpu.json`.
+# A quick look that fits a 2-core CPU (a GPU has its own session, bench_gpu).
 BENCH_QUICK = ["--batch-size", "16", "--image-size", "224", "--steps", "5", "--warmup", "2"]
+# bench_gpu: each precision's results go to benchmarks/results/<device>-<tag>.*
+GPU_PRECISIONS = {"mixed_bfloat16": "bf16", "float32": "fp32"}
 BASELINES = "torchvision-eager,torchvision-compile"
 # The demo reaches 97.5-99.2% on the digits; below this, training or evaluation broke.
 DEMO_MIN_ACCURACY = 0.90
@@ -163,3 +164,33 @@ def bench_all(session: nox.Session) -> None:
         "benchmarks/results/bench-all.json",
         *(session.posargs or BENCH_QUICK),
     )
+
+
+@nox.session
+def bench_gpu(session: nox.Session) -> None:
+    """On a CUDA machine: every backend and both baselines, bf16 and float32, batch 128-512.
+
+    Both timing modes and the end-to-end epochs; results to
+    benchmarks/results/<device>-bf16.* and -fp32.*, and the README's GPU table
+    refreshed from them. Arguments after -- are added to every run.
+    """
+    session.install(".[all]")
+    for precision, tag in GPU_PRECISIONS.items():
+        session.run(
+            "alexnet-k3",
+            "bench",
+            "--device",
+            "gpu",
+            "--precision",
+            precision,
+            "--batch-size",
+            "128",
+            "256",
+            "512",
+            "--end-to-end",
+            "--out",
+            f"benchmarks/results/{{device}}-{tag}.json",
+            "--readme",
+            "README.md",
+            *session.posargs,
+        )

@@ -108,7 +108,8 @@ class TrainConfig:
     optimizer: str = option("sgd", "sgd (momentum 0.9), adam or adamw", choices=OPTIMIZERS)
     learning_rate: float | None = option(
         None,
-        "peak learning rate of the schedule (default: 0.02 sgd, 1e-3 adam/adamw)",
+        "peak learning rate of the schedule (default: sgd 0.02, or 0.01 for the variants "
+        "without batch norm, torchvision and paper; adam/adamw 1e-3)",
         kind="positive_float",
         flags=("--lr", "--learning-rate"),
     )

@@ -9,7 +9,8 @@ imported wherever it is needed:
   data formats, jit settings);
 - `is_out_of_memory`, the one out-of-memory classifier (training, the Keras
   benchmark worker and the torchvision baseline all use it);
-- `cpu_name`, the host CPU's model name;
+- the host: `cpu_name`, its CPU's model name; `keep_freed_memory`, glibc's malloc
+  setting every benchmark process shares, and `freed_memory_kept`, its probe;
 - `option_name`, how errors name a setting (`data_dir=` from Python, `--data-dir`
   from the command line);
 - atomic file writes: a kill at any instant leaves the old file or the new one,
@@ -18,6 +19,7 @@ imported wherever it is needed:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -34,10 +36,32 @@ VARIANTS = ("torchvision", "paper", "cifar")
 INITS = ("torch", "keras")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
+# SGD's default for the variants without batch normalization (torchvision's and the
+# paper's AlexNet): at 0.02 the torchvision variant from scratch stayed at chance
+# for 4 epochs (digits at 64x64, batch 64, benchmarks/results/torchvision-variant-*);
+# torchvision's own AlexNet recipe trains at 0.01.
+BN_FREE_SGD_LEARNING_RATE = 0.01
+
+
+def default_learning_rate(optimizer: str, variant: str) -> float:
+    """The peak learning rate a run uses when it sets none.
+
+    Example:
+        >>> default_learning_rate("sgd", "cifar"), default_learning_rate("sgd", "torchvision")
+        (0.02, 0.01)
+    """
+    if optimizer == "sgd" and variant in ("torchvision", "paper"):
+        return BN_FREE_SGD_LEARNING_RATE
+    return DEFAULT_LEARNING_RATES[optimizer]
+
+
 # Learning rate after the warm-up: cosine decay to zero at the last step, or held.
 SCHEDULES = ("cosine", "constant")
 # Keras dtype policies.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# Float32 matmuls and convolutions on GPUs: each framework's default, full float32
+# ("highest") or TF32 tensor cores ("high"); `alexnet_k3.backend.set_matmul_precision`.
+MATMUL_PRECISIONS = ("default", "highest", "high")
 IMAGE_DATA_FORMATS = ("channels_last", "channels_first")
 # "recommended": `alexnet_k3.backend.recommended_image_data_format()`.
 DATA_FORMATS = ("recommended", *IMAGE_DATA_FORMATS)
@@ -100,6 +124,74 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+# glibc's mallopt parameters (malloc.h). Left alone, glibc raises its mmap
+# threshold each time a mapped block of up to 32 MiB is freed, and its trim
+# threshold to twice that: a training process settles at these.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_SETTLED_MMAP_THRESHOLD = 32 * 1024 * 1024
+_LARGEST_THRESHOLD = 2**31 - 1  # mallopt takes a C int
+
+
+def keep_freed_memory(enabled: bool = True) -> bool:
+    """Let glibc's malloc reuse freed large blocks instead of returning them to the OS.
+
+    By default glibc serves every block over 32 MiB (at most) with a fresh `mmap`
+    and gives it back on free. A CPU training step frees and re-allocates the
+    same large buffers every step (AlexNet's first dense layer alone has a
+    151 MB gradient), so each step pays a page fault per 4 KiB page of them:
+    measured on the 2-core Xeon, the [9216, 4096] weight gradient took 37 ms
+    with a fresh buffer and 7 ms with a reused one, and whole training steps
+    (batch 16, 224x224) ran 1.12-1.13x faster in fresh processes taking
+    turns (`benchmarks/settings_ab.py --malloc`): Keras on torch 378 -> 337 ms,
+    torchvision's own eager AlexNet 345 -> 305 ms. Raising `M_MMAP_THRESHOLD`
+    and `M_TRIM_THRESHOLD` to their maximum makes malloc keep and reuse that
+    memory. The cost: the process's resident memory stays at its peak until it
+    exits. Plain PyTorch code gains the same by calling this function.
+
+    `enabled=False` sets the thresholds glibc's own rule settles at in a
+    training process (mmap 32 MiB, trim 64 MiB). Returns whether the setting
+    was applied (False off Linux/glibc, where this does nothing).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    mmap_threshold = _LARGEST_THRESHOLD if enabled else _GLIBC_SETTLED_MMAP_THRESHOLD
+    trim_threshold = _LARGEST_THRESHOLD if enabled else 2 * _GLIBC_SETTLED_MMAP_THRESHOLD
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold))
+        and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim_threshold))
+    )
+
+
+def freed_memory_kept(mib: int = 64) -> bool | None:
+    """Whether this process's malloc keeps a freed `mib` MiB block (None off Linux/glibc).
+
+    A probe, not a setting: it allocates and touches the block, frees it and
+    reads the resident size from /proc/self/statm. glibc left as it is unmaps
+    blocks over 32 MiB on free (the resident size drops by the block);
+    after `keep_freed_memory()` the block stays for reuse. Records of the
+    benchmark carry it, so a row says what its process really ran under.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = mib * 2**20
+    block = libc.malloc(size)
+    if not block:
+        return None
+    ctypes.memset(block, 1, size)
+    before = _resident_bytes()
+    libc.free(block)
+    return before - _resident_bytes() < size // 2
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # --- How messages name options --------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from alexnet_k3 import backend
+
 # torchvision's AlexNet_Weights.IMAGENET1K_V1 transforms: ImageClassification(crop_size=224,
 # resize_size=256) with these statistics, on images scaled to [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,9 +56,7 @@ def input_pipeline(
     if augment:
         layers.append(RandomPadCrop(padding, name="pad_crop"))
         if flip:
-            layers.append(
-                keras.layers.RandomFlip("horizontal", data_format="channels_last", name="flip")
-            )
+            layers.append(RandomHorizontalFlip(name="flip"))
     layers.append(
         keras.layers.Resizing(
             image_size,
@@ -97,7 +97,8 @@ class RandomPadCrop(keras.layers.Layer):
             )
         self.padding = int(padding)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # On torch a state on the CPU: drawing from it reads nothing back from the GPU.
+        self.seed_generator = backend.seed_generator(seed)
 
     def call(self, inputs, training=None):
         if not training or self.padding == 0:
@@ -116,6 +117,37 @@ class RandomPadCrop(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(padding=self.padding, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="alexnet_k3")
+class RandomHorizontalFlip(keras.layers.Layer):
+    """Mirrors each image left to right with probability 0.5, in training only.
+
+    `keras.layers.RandomFlip("horizontal")`'s law, drawn from
+    `backend.seed_generator`: Keras's layer makes its own `SeedGenerator`, whose
+    state on torch lives on the GPU and is read back to the host every step.
+    At inference it returns its input. Input: `(N, H, W, C)` (channels last).
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = backend.seed_generator(seed)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        draws = keras.random.uniform((ops.shape(inputs)[0],), seed=self.seed_generator)
+        flips = ops.reshape(draws < 0.5, (-1, 1, 1, 1))
+        return ops.where(flips, ops.flip(inputs, axis=2), inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(seed=self.seed)
         return config
 
 

@@ -25,7 +25,7 @@ from alexnet_k3.callbacks import (
     load_history,
 )
 from alexnet_k3.config import TrainConfig
-from alexnet_k3.core import DEFAULT_LEARNING_RATES, atomic_save
+from alexnet_k3.core import atomic_save, default_learning_rate
 from alexnet_k3.model import VARIANTS, build_classifier, weights_checksum
 
 # Mirrored digits are other symbols; mirrored photos are still the same class.
@@ -76,7 +76,11 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
 
 def _train(out: Path, resume: bool, verbose, settings: dict) -> dict:
     config = _prepare_run(out, resume, settings)
-    runs.check_speed(config, backend.accelerator())
+    slower = backend.precision_warning(config.precision)  # measured on this device
+    if slower:
+        runs.warn(slower)
+    else:  # the rule for float16 on CPUs where nothing was measured
+        runs.check_speed(config, backend.accelerator())
     done = runs.finished(out) if resume else None
     if done is not None:
         print(f"{out} already holds a finished run; nothing to resume.")
@@ -212,17 +216,8 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
             steps_per_epoch=-(-len(train_data[0]) // config.batch_size),
             epochs=end_epoch - start_epoch,
         )
-        guard = DivergenceGuard()
-        callbacks = [guard, HistoryWriter(history_path, phase=phase)]
-        if validation is not None:
-            checkpoint = BestModelCheckpoint(
-                out / "model.keras", "val_accuracy", "max", best=best_so_far
-            )
-            callbacks.append(checkpoint)
-        # Last, so an epoch counts as done only once its history and best model are
-        # written: a kill before the backup reruns the epoch, it never skips a write.
-        backup = EpochBackup(state_dir / f"backup-{phase}")
-        callbacks.append(backup)
+        callbacks = fit_callbacks(out, phase, validation=validation is not None, best=best_so_far)
+        guard, backup = callbacks[0], callbacks[-1]
         model.fit(
             **backend.array_feed(*train_data, batch_size=config.batch_size, shuffle=True),
             epochs=end_epoch,
@@ -234,12 +229,34 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
         if guard.epoch is not None:
             _stop_diverged(model, config, out, guard, backup, keep_last=validation is None)
         if validation is not None:
-            best_so_far = checkpoint.best
+            best_so_far = callbacks[2].best
         state_dir.mkdir(exist_ok=True)
         atomic_save(lambda p: model.save_weights(p), done_marker)
         # Only now: a kill before the marker is written resumes from the backup.
         shutil.rmtree(backup.backup_dir, ignore_errors=True)
         start_epoch = end_epoch
+
+
+def fit_callbacks(out: Path, phase: str, *, validation: bool, best=None) -> list:
+    """The callbacks `train` passes to `fit` for one phase of the run in `out`.
+
+    In order: `DivergenceGuard`, `HistoryWriter`, with `validation` a
+    `BestModelCheckpoint` of `val_accuracy` (to beat `best`), and `EpochBackup`
+    last, so an epoch counts as done only once its history and best model are
+    written: a kill before the backup reruns the epoch, it never skips a write.
+
+    All of them act once an epoch, none per batch: a callback with a batch hook
+    (`on_train_batch_end`...) turns off Keras's asynchronous logs, and every
+    step then waits for the device to hand its loss back to the host.
+
+    Example:
+        >>> model.fit(x, y, callbacks=fit_callbacks(Path("runs/x"), "train", validation=True))
+    """
+    callbacks = [DivergenceGuard(), HistoryWriter(out / "history.json", phase=phase)]
+    if validation:
+        callbacks.append(BestModelCheckpoint(out / "model.keras", "val_accuracy", "max", best=best))
+    callbacks.append(EpochBackup(out / "state" / f"backup-{phase}"))
+    return callbacks
 
 
 def _stop_diverged(model, config: TrainConfig, out: Path, guard, backup, keep_last: bool):
@@ -251,7 +268,7 @@ def _stop_diverged(model, config: TrainConfig, out: Path, guard, backup, keep_la
     """
     if keep_last and backup.restore(model, default=None) is not None:
         atomic_save(lambda p: model.save(p), out / "model.keras")
-    learning_rate = config.learning_rate or DEFAULT_LEARNING_RATES[config.optimizer]
+    learning_rate = config.learning_rate or default_learning_rate(config.optimizer, config.variant)
     raise runs.mark_diverged(out, guard.epoch, guard.loss, learning_rate)
 
 
@@ -317,7 +334,7 @@ def compile_model(
     Example:
         >>> compile_model(model, TrainConfig(), num_classes=10, steps_per_epoch=12, epochs=8)
     """
-    peak = config.learning_rate or DEFAULT_LEARNING_RATES[config.optimizer]
+    peak = config.learning_rate or default_learning_rate(config.optimizer, config.variant)
     warmup_steps = min(config.warmup_epochs, epochs) * steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup_steps else peak,
@@ -369,6 +386,9 @@ def _run_summary(config: TrainConfig, data, n_train: int, history: list[dict]) -
         "epochs": len(history),
         "batch_size": config.batch_size,
         "optimizer": config.optimizer,
+        # The peak rate the run used: the one asked for, or the variant's default.
+        "learning_rate": config.learning_rate
+        or default_learning_rate(config.optimizer, config.variant),
         "precision": config.precision,
         "data_format": _data_format(config),
         "train_images": n_train,

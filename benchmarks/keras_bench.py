@@ -1,20 +1,33 @@
 """The Keras worker: `alexnet_k3.AlexNet` on the process's Keras backend.
 
-Runs in a process whose `KERAS_BACKEND` the parent set. Synthetic steps time
-`model.train_on_batch` / `model.predict_on_batch` on a batch made on the device
-with `keras.random` (both return host values, so each step has finished when
-they return; `alexnet_k3.backend.synchronize` is called as well). The
-end-to-end figure times a real `model.fit` epoch on the digits (or CIFAR-10):
-the classifier training builds (`alexnet_k3.model.build_classifier`, uint8
-images through the on-device input pipeline, augmentation as training's
-default) in front of the same network.
+Runs in a process whose `KERAS_BACKEND` the parent set. The synthetic steps run
+on a batch made on the device with `keras.random`, in both timing modes
+(`benchmarks/common.py`):
+
+- training, `pipelined`: `model.fit` over that batch repeated
+  (`alexnet_k3.backend.repeated_batch_feed`, `steps_per_epoch=n`), then one
+  synchronization on the updated weights, the way a training epoch runs;
+  `per-step`: `model.train_on_batch` (it returns host values) plus a
+  synchronization, every step.
+- inference: the model's compiled `predict_function`, outputs kept on the
+  device (`alexnet_k3.backend.device_predict`): n calls then one
+  synchronization (`pipelined`), or a synchronization after each (`per-step`).
+
+The end-to-end figure times real `model.fit` epochs of uint8 images through the
+classifier training builds (`alexnet_k3.model.build_classifier`: the on-device
+input pipeline with augmentation on, in front of the same network): a synthetic
+set shaped like CIFAR-10 (`--dataset synthetic`, what `auto` picks when CIFAR-10
+is not on the machine), CIFAR-10 or the digits. The first epoch (start-up:
+compilation, the feed's first fill) is reported apart from the steady ones,
+which are compared with the pipelined synthetic training steps of the same
+network timed right before and after.
 
 Training steps are compiled by `alexnet_k3.training.compile_model`, as
 `alexnet-k3 train` compiles them, with `bench_train_config`: SGD with momentum
 0.9 at a learning rate of 0.01, no weight decay, warm-up or label smoothing, the
 loss on one-hot labels. The synthetic steps compile the loss alone
-(`metrics=False`), like the baseline's loss-only step; the end-to-end epoch
-keeps training's metrics.
+(`metrics=False`), like the baseline's loss-only step; the end-to-end epochs
+and their synthetic twin keep training's metrics.
 
 keras, the backend framework and alexnet_k3 are imported inside `run`, so a
 missing one becomes a reported error, not a crash of the parent.
@@ -24,12 +37,12 @@ from __future__ import annotations
 
 import time
 
-from alexnet_k3.core import JIT_SETTINGS
+from alexnet_k3.core import JIT_SETTINGS, freed_memory_kept
 from benchmarks import common
 
 
 def run(impl: str, config: dict) -> list[dict]:
-    """Measures `impl` ("keras-<backend>") for every mode and batch size in `config`."""
+    """Measures `impl` ("keras-<backend>") for every mode, timing and batch size in `config`."""
     import keras
 
     from alexnet_k3 import backend as kb
@@ -42,7 +55,7 @@ def run(impl: str, config: dict) -> list[dict]:
     if config["device"] == "gpu" and kb.accelerator() != "gpu":
         return common.error_records(impl, config, f"no GPU visible to {wanted}")
 
-    speed_settings = kb.tune_for_speed()
+    shared = process_settings(config)
     data_format = config.get("data_format", "recommended")
     if data_format == "recommended":
         data_format = kb.recommended_image_data_format()
@@ -50,30 +63,71 @@ def run(impl: str, config: dict) -> list[dict]:
     compile_kwargs = dict(kb.recommended_compile_kwargs())
     if config["jit"] != "recommended":
         compile_kwargs["jit_compile"] = JIT_SETTINGS[config["jit"]]
-    shared = dict(
-        device=kb.device_name(), versions=kb.versions(), data_format=data_format, **speed_settings
-    )
+    shared.update(device=kb.device_name(), versions=versions(), data_format=data_format)
 
     records = []
-    modes = list(config["modes"])
-    if config.get("end_to_end"):
-        modes.append(common.E2E_MODE)
-    for mode in modes:
+    timings = config.get("timings", common.TIMINGS)
+    for mode in config["modes"]:
         for batch in config["batch_sizes"]:
-            record = common.new_record(impl, mode, batch, config, **shared)
-            try:
-                if mode == common.E2E_MODE:
-                    result = _measure_end_to_end(batch, config, compile_kwargs)
-                else:
-                    result = _measure(mode, batch, config, compile_kwargs)
-                record.update(result)
-            except Exception as exc:  # noqa: BLE001 - recorded, the run goes on (timm does this)
-                record["error"] = "oom" if kb.is_out_of_memory(exc) else common.short_error(exc)
-                record["error_detail"] = common.short_error(exc, limit=2000)
-            finally:
-                kb.free_memory()
-            records.append(record)
-            common.progress(record)
+            records += _measure_all(impl, mode, batch, timings, config, compile_kwargs, shared)
+    if config.get("end_to_end"):
+        for batch in config["batch_sizes"]:
+            records += _measure_all(
+                impl, common.E2E_MODE, batch, ["pipelined"], config, compile_kwargs, shared
+            )
+    return records
+
+
+def process_settings(config: dict) -> dict:
+    """Applies the run's process-wide settings and returns them as the records state them.
+
+    `tune` (the default; `--no-tune` turns it off): the package's own
+    `tune_for_speed()` (glibc keeping freed memory on a CPU, cuDNN autotuning
+    on torch with CUDA), the call `alexnet-k3 train` makes. The baseline worker
+    applies the same settings (`torchvision_baseline.process_settings`).
+    `matmul_precision`: TF32 or full float32 (`set_matmul_precision`).
+    """
+    from alexnet_k3 import backend as kb
+
+    applied = {"cudnn_benchmark": False, "keep_freed_memory": False}
+    if config.get("tune", True):
+        applied = kb.tune_for_speed()
+    applied.update(kb.set_matmul_precision(config.get("matmul_precision", "default")))
+    applied["freed_memory_kept"] = freed_memory_kept()
+    return applied
+
+
+def versions() -> dict:
+    """Python, Keras, the backend and numpy, plus the CUDA/cuDNN the backend reports."""
+    from alexnet_k3 import backend as kb
+
+    return {**kb.versions(), **kb.gpu_versions()}
+
+
+def _measure_all(impl, mode, batch, timings, config, compile_kwargs, shared) -> list[dict]:
+    """Records of one (mode, batch): the model is built once and timed in each timing mode."""
+    from alexnet_k3 import backend as kb
+
+    records = [common.new_record(impl, mode, timing, batch, config, **shared) for timing in timings]
+    try:
+        kb.reset_peak_memory()
+        if mode == common.E2E_MODE:
+            records[0].update(_measure_end_to_end(batch, config, compile_kwargs))
+        else:
+            measure = _prepare(mode, batch, config, compile_kwargs)
+            for record in records:
+                try:
+                    record.update(measure(record["timing"]))
+                except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                    common.record_error(record, exc)
+    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on (timm does this)
+        for record in records:
+            if record.get("images_per_sec") is None:
+                common.record_error(record, exc)
+    finally:
+        kb.free_memory()
+    for record in records:
+        common.progress(record)
     return records
 
 
@@ -113,6 +167,7 @@ def bench_train_config(config: dict, jit_compile):
         learning_rate=0.01,
         weight_decay=0.0,
         warmup_epochs=0,
+        schedule="constant",
         label_smoothing=0.0,
         precision=config.get("precision", "float32"),
         jit_compile=jit_compile,
@@ -124,8 +179,7 @@ def bench_train_config(config: dict, jit_compile):
 def compile_for_training(model, config: dict, jit_compile, *, steps: int, metrics: bool = False):
     """Compiles `model` as training does (`alexnet_k3.training.compile_model`).
 
-    `steps`: the training steps training's cosine schedule spans, from 0.01
-    down (the rate's value changes no step's work).
+    `steps`: the steps of the (constant) schedule, as training passes them.
     """
     from alexnet_k3.training import compile_model
 
@@ -169,46 +223,98 @@ def train_step_fn(model, x, y):
     return lambda: model.train_on_batch(x, y)
 
 
-def infer_step_fn(model, x):
-    """One synthetic inference step."""
-    return lambda: model.predict_on_batch(x)
-
-
-def _measure(mode, batch, config, compile_kwargs) -> dict:
+def train_steps_fn(model, x, y):
+    """`run(n)`: n synthetic training steps in one `fit`; returns a weight to sync on."""
     from alexnet_k3 import backend as kb
 
-    kb.reset_peak_memory()
+    feed = kb.repeated_batch_feed(x, y)
+    last = model.trainable_weights[-1]
+
+    def run(steps: int):
+        model.fit(**feed, steps_per_epoch=steps, epochs=1, verbose=0)
+        return last.value
+
+    return run
+
+
+def infer_steps_fn(model, x):
+    """`run(n)`: n inference steps, outputs on the device; returns the last outputs."""
+    from alexnet_k3 import backend as kb
+
+    return kb.device_predict(model, x)
+
+
+def _prepare(mode, batch, config, compile_kwargs):
+    """Builds and compiles one model; returns `measure(timing) -> result` for it."""
+    from alexnet_k3 import backend as kb
+
     model, input_shape = _build(config)
     x = synthetic_images(batch, input_shape)
     if mode == "train":
         steps = config["warmup"] + config["steps"]
         compile_for_training(model, config, compile_kwargs["jit_compile"], steps=steps)
-        step = train_step_fn(model, x, synthetic_labels(batch, config["num_classes"]))
+        y = synthetic_labels(batch, config["num_classes"])
+        step, run_steps = train_step_fn(model, x, y), train_steps_fn(model, x, y)
     else:
         model.compile(**compile_kwargs)
-        step = infer_step_fn(model, x)
-    timing = common.time_steps(step, kb.synchronize, warmup=config["warmup"], steps=config["steps"])
-    result = common.summarize(timing, batch)
-    result["jit"] = bool(model.jit_compile)
-    result["peak_memory_bytes"] = kb.peak_memory_bytes()
-    return result
+        run_steps = infer_steps_fn(model, x)
+        step = lambda: run_steps(1)  # noqa: E731 - the same call, one step at a time
+    counts = dict(warmup=config["warmup"], steps=config["steps"])
+    counts["min_seconds"] = config.get("min_seconds", 0.0)
+
+    def measure(timing: str) -> dict:
+        if timing == "pipelined":
+            measured = common.time_pipelined(run_steps, kb.synchronize, **counts)
+        else:
+            measured = common.time_steps(step, kb.synchronize, **counts)
+        result = common.summarize(measured, batch)
+        result["jit"] = bool(model.jit_compile)
+        result["head_dtype"] = head_dtype(model)
+        result["peak_memory_bytes"] = kb.peak_memory_bytes()
+        return result
+
+    return measure
+
+
+def head_dtype(model) -> str:
+    """The dtype the network's last layer computes in (the package keeps logits float32)."""
+    return str(model.layers[-1].compute_dtype)
+
+
+def epoch_clock():
+    """A Keras callback noting when training starts and each epoch ends.
+
+    Epoch-level hooks only, so Keras keeps dispatching steps asynchronously.
+    Keras turns an epoch's logs into host numbers before `on_epoch_end`: the
+    device has finished the epoch's steps when the clock is read.
+    """
+    import keras
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start, self.ends = time.perf_counter(), []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ends.append(time.perf_counter())
+
+    return EpochClock()
 
 
 def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
-    """Images/s of one real `fit` epoch, the input pipeline included, vs synthetic steps.
+    """Images/s of real `fit` epochs, the input pipeline included, vs synthetic steps.
 
-    The synthetic reference is measured right before and right after the epoch
-    (same network, same weights, device-resident float batch, as many images as
-    the epoch), so a shared machine's changing load shifts both figures alike.
+    The first epoch (compilation, first fill of the feed) is reported apart;
+    the steady epochs after it give the throughput. The synthetic reference is
+    the same network's pipelined training on a device-resident batch, measured
+    right before and right after the epochs (as many steps as one epoch, half
+    each side), so a shared machine's changing load shifts both figures alike.
     """
     import numpy as np
 
     from alexnet_k3 import backend as kb
-    from alexnet_k3.config import TrainConfig
     from alexnet_k3.model import build_classifier
-    from alexnet_k3.training import FLIP_AUGMENTATION
 
-    x, labels, dataset = load_dataset(config.get("dataset", "digits"))
+    x, labels, dataset = e2e_dataset(config)
     num_classes = config["num_classes"]
     if int(labels.max()) >= num_classes:
         raise ValueError(
@@ -216,70 +322,85 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
             f"(0 to {int(labels.max())}); give at least {int(labels.max()) + 1}."
         )
     y = np.eye(num_classes, dtype="float32")[labels]
-    kb.reset_peak_memory()
     _set_policy(config)
-    augment = TrainConfig().augment
     model = build_classifier(
         num_classes,
         variant=config["variant"],
         image_size=config["image_size"],
-        augment=augment,
-        flip=FLIP_AUGMENTATION.get(dataset, False),
+        augment=True,
+        flip=dataset != "digits",
         raw_shape=x.shape[1:],
     )
     network = model.get_layer("alexnet")
     num_steps = -(-len(x) // batch)
-    # The epoch and its synthetic reference compile alike (training's metrics
+    epochs = max(2, int(config.get("e2e_epochs") or 2))
+    # The epochs and their synthetic twin compile alike (training's metrics
     # included), so the ratio isolates the input pipeline and the feed.
     jit = compile_kwargs["jit_compile"]
     compile_for_training(model, config, jit, steps=num_steps, metrics=True)
     compile_for_training(network, config, jit, steps=num_steps, metrics=True)
-    synthetic_step = train_step_fn(
+    twin = train_steps_fn(
         network,
         synthetic_images(batch, network.input_shape[1:]),
         synthetic_labels(batch, num_classes),
     )
+    half = max(1, -(-num_steps // 2))
+    # The twin first: a batch that does not fit fails before any epoch compiles.
+    before = common.time_pipelined(twin, kb.synchronize, warmup=config["warmup"], steps=half)
 
-    # The synthetic step first: a batch that does not fit fails before any fit compiles.
-    synthetic_step()
-    # Warm-up on full batches plus one batch of the epoch's remainder size, so
-    # that every shape the epoch uses is compiled before the clock starts.
-    # The data is fed as training feeds it (`alexnet_k3.backend.array_feed`).
-    remainder = len(x) % batch
-    warm = config["warmup"] * batch + remainder
-    start = time.perf_counter()
-    model.fit(**kb.array_feed(x[:warm], y[:warm], batch_size=batch, shuffle=True), verbose=0)
-    compile_seconds = time.perf_counter() - start
-
-    # As many synthetic images as the epoch has, half before and half after it,
-    # so that the reference spans as much wall time as the epoch.
-    steps, warmup = max(config["steps"], -(-num_steps // 2)), config["warmup"]
-    before = common.time_steps(synthetic_step, kb.synchronize, warmup=warmup, steps=steps)
-    start = time.perf_counter()
-    history = model.fit(**kb.array_feed(x, y, batch_size=batch, shuffle=True), verbose=0)
+    clock = epoch_clock()
+    feed = kb.array_feed(x, y, batch_size=batch, shuffle=True)
+    history = model.fit(**feed, epochs=epochs, callbacks=[clock], verbose=0)
     kb.synchronize(history.history)
-    seconds = time.perf_counter() - start
-    after = common.time_steps(synthetic_step, kb.synchronize, warmup=1, steps=steps)
+    after = common.time_pipelined(twin, kb.synchronize, warmup=1, steps=half)
 
-    images_per_sec = len(x) / seconds
-    synthetic = 2 * steps * batch / (sum(before.step_seconds) + sum(after.step_seconds))
+    first = clock.ends[0] - clock.start
+    steady = (clock.ends[-1] - clock.ends[0]) / (epochs - 1)
+    images_per_sec = len(x) / steady
+    synthetic = (
+        batch * (before.steps + after.steps) / (before.step_seconds[0] + after.step_seconds[0])
+    )
     return {
         "images_per_sec": images_per_sec,
-        "epoch_seconds": seconds,
+        "epoch_seconds": steady,
+        "first_epoch_seconds": first,
+        "epochs": epochs,
         "epoch_images": int(len(x)),
         "dataset": dataset,
-        "augment": augment,
+        "augment": True,
         "synthetic_images_per_sec": synthetic,
         "synthetic_before_images_per_sec": common.summarize(before, batch)["images_per_sec"],
         "synthetic_after_images_per_sec": common.summarize(after, batch)["images_per_sec"],
-        "synthetic_steps": 2 * steps,
+        "synthetic_steps": before.steps + after.steps,
         "e2e_ratio": images_per_sec / synthetic,
-        "step_ms_mean": 1e3 * seconds / num_steps,
-        "compile_seconds": compile_seconds,
-        "steps": num_steps,
+        "step_ms_mean": 1e3 * steady / num_steps,
+        "compile_seconds": max(0.0, first - steady),
+        "steps": num_steps * (epochs - 1),
+        "measured_seconds": steady * (epochs - 1),
         "jit": bool(model.jit_compile),
+        "head_dtype": head_dtype(network),
         "peak_memory_bytes": kb.peak_memory_bytes(),
     }
+
+
+def e2e_dataset(config: dict):
+    """`(x uint8 (N, H, W, 3), labels int64, name)` of the end-to-end epochs.
+
+    "synthetic": `e2e_images` uniform random uint8 images shaped like CIFAR-10
+    (32 x 32 x 3) with random labels of 10 classes, from a fixed seed (0): the
+    input pipeline's work per image is CIFAR-10's, and no download is needed.
+    "cifar10" and "digits": the training split, its first `e2e_images` images
+    when that is set.
+    """
+    import numpy as np
+
+    name, count = config.get("dataset", "synthetic"), config.get("e2e_images")
+    if name == "synthetic":
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+        return x, rng.integers(0, 10, count).astype(np.int64), "synthetic"
+    x, labels, name = load_dataset(name)
+    return (x[:count], labels[:count], name) if count else (x, labels, name)
 
 
 def load_dataset(name: str):

@@ -1,10 +1,12 @@
 """Our training recipe against a plain PyTorch loop, on the same data and seeds.
 
 For each seed: one `benchmarks.torch_reference` run (the plain loop, row "torch-reference"),
-then, for each recipe and each backend, one `python -m alexnet_k3 train --variant cifar`
-run with the recipe's extra options. Every run is its own process. The accuracies are
-the test set's: the reference's last epoch, the package's `metrics.json` (its last epoch
-by default; the best by validation accuracy when a recipe sets `--validation-split`).
+then, for each recipe and each backend, one `python -m alexnet_k3 train` run with the
+recipe's extra options, both with the same variant, data, image size, batch and epochs
+(`--variant`, default cifar; `--data-dir` or `--digits`; `--image-size`; `--batch-size`).
+Every run is its own process. The accuracies are the test set's: the reference's last
+epoch, the package's `metrics.json` (its last epoch by default; the best by validation
+accuracy when a recipe sets `--validation-split`).
 
 Writes `<out-dir>/<name>.json` (every run, then one summary row per recipe and backend)
 and `<name>.md` (the table). Seconds are wall-clock per process, start-up included.
@@ -13,6 +15,8 @@ Usage:
     python -m benchmarks.recipes --data-dir data/digits-proxy --seeds 0 1 2 \
         --backends torch jax tensorflow --recipe default="" \
         --recipe plain="--no-augment --warmup-epochs 0" --name proxy-recipes
+    python -m benchmarks.recipes --digits --variant torchvision --image-size 64 \
+        --batch-size 64 --seeds 0 1 --backends torch jax tensorflow --name tv-64
 
 `--data-dir` is a CIFAR-10-layout folder; when it holds none, the digits proxy
 (`benchmarks.proxy_data`, `--proxy-seed`) is written there first.
@@ -60,13 +64,27 @@ def _run(command: list[str], env: dict | None, timeout: float) -> tuple[float, s
     return seconds, None
 
 
-def reference_run(data_dir: Path, seed: int, epochs: int, extra: str, timeout: float) -> dict:
-    """One plain-PyTorch run: its record, plus the wall seconds of the whole process."""
+def _shared_args(setup: dict) -> list[str]:
+    """The options both trainers take alike: variant, batch size, image size."""
+    args = ["--variant", setup.get("variant", "cifar")]
+    args += ["--batch-size", str(setup.get("batch_size", 128))]
+    if setup.get("image_size"):
+        args += ["--image-size", str(setup["image_size"])]
+    return args
+
+
+def reference_run(
+    data_dir: Path | None, seed: int, epochs: int, extra: str, timeout: float, setup: dict
+) -> dict:
+    """One plain-PyTorch run: its record, plus the wall seconds of the whole process.
+
+    `data_dir` None: the digits. `setup`: variant, batch size, image size.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "record.json"
-        command = [sys.executable, "-m", "benchmarks.torch_reference", "--variant", "cifar"]
-        command += ["--dataset", str(data_dir), "--epochs", str(epochs), "--seed", str(seed)]
-        command += ["--out", str(out), *shlex.split(extra)]
+        command = [sys.executable, "-m", "benchmarks.torch_reference", *_shared_args(setup)]
+        command += ["--dataset", str(data_dir or "digits"), "--epochs", str(epochs)]
+        command += ["--seed", str(seed), "--out", str(out), *shlex.split(extra)]
         seconds, error = _run(command, None, timeout)
         row = {"recipe": REFERENCE, "backend": "torch", "seed": seed, "args": extra}
         if error:
@@ -83,14 +101,24 @@ def reference_run(data_dir: Path, seed: int, epochs: int, extra: str, timeout: f
 
 
 def package_run(
-    data_dir: Path, recipe: str, args: str, backend: str, seed: int, epochs: int, timeout: float
+    data_dir: Path | None,
+    recipe: str,
+    args: str,
+    backend: str,
+    seed: int,
+    epochs: int,
+    timeout: float,
+    setup: dict,
 ) -> dict:
-    """One `alexnet-k3 train` run of a recipe on a backend."""
+    """One `alexnet-k3 train` run of a recipe on a backend (`data_dir` None: the digits)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         command = [sys.executable, "-m", "alexnet_k3", "train", "--backend", backend]
-        command += ["--dataset", "cifar10", "--data-dir", str(data_dir), "--variant", "cifar"]
-        command += ["--epochs", str(epochs), "--batch-size", "128", "--seed", str(seed)]
+        if data_dir is None:
+            command += ["--dataset", "digits"]
+        else:
+            command += ["--dataset", "cifar10", "--data-dir", str(data_dir)]
+        command += [*_shared_args(setup), "--epochs", str(epochs), "--seed", str(seed)]
         command += ["--out", str(out), "--verbose", "0", *shlex.split(args)]
         env = {**os.environ, "KERAS_BACKEND": backend}
         seconds, error = _run(command, env, timeout)
@@ -102,6 +130,8 @@ def package_run(
         return {
             **row,
             "test_accuracy": metrics["test_accuracy"],
+            "learning_rate": metrics.get("learning_rate"),
+            "train_loss_per_epoch": [e.get("loss") for e in history],
             "val_accuracy_per_epoch": [e.get("val_accuracy") for e in history],
             "seconds": round(seconds, 1),
             "train_seconds": metrics.get("train_seconds"),
@@ -152,8 +182,11 @@ def markdown(summary: list[dict], settings: dict) -> str:
     def points(value):
         return "-" if value is None else f"{100 * value:+.1f}"
 
+    size = settings.get("image_size")
     lines = [
-        f"# {settings['name']}: test accuracy, {settings['epochs']} epochs, batch 128",
+        f"# {settings['name']}: test accuracy, {settings['epochs']} epochs, "
+        f"batch {settings.get('batch_size', 128)}, variant {settings.get('variant', 'cifar')}"
+        + (f", {size}x{size}" if size else ""),
         "",
         f"Data: `{settings['data_dir']}`. CPU: {settings['cpu']} ({settings['cpus']} cores, "
         f"shared: seconds are rough). Python {settings['python']}.",
@@ -189,7 +222,11 @@ def _recipe(text: str) -> tuple[str, str]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, help="CIFAR-10-layout folder (required to run)")
+    parser.add_argument("--data-dir", type=Path, help="CIFAR-10-layout folder (or --digits)")
+    parser.add_argument("--digits", action="store_true", help="train on the digits instead")
+    parser.add_argument("--variant", default="cifar", help="AlexNet variant of both trainers")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, help="model input side (default: variant's)")
     parser.add_argument("--proxy-seed", type=int, default=0, help="seed if the proxy is written")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--backends", nargs="+", default=["torch"])
@@ -214,17 +251,21 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args)
-    if args.data_dir is None:
-        parser.error("--data-dir is required (unless --merge)")
+    if (args.data_dir is None) == (not args.digits):
+        parser.error("give --data-dir or --digits (unless --merge)")
     recipes = dict(args.recipe or [("default", "")])
+    setup = {"variant": args.variant, "batch_size": args.batch_size, "image_size": args.image_size}
 
     data_dir = args.data_dir
-    if not (data_dir / proxy_data.FOLDER).is_dir() and data_dir.name != proxy_data.FOLDER:
+    if data_dir is not None and not (
+        (data_dir / proxy_data.FOLDER).is_dir() or data_dir.name == proxy_data.FOLDER
+    ):
         print(f"writing the digits proxy (seed {args.proxy_seed}) to {data_dir}", flush=True)
         proxy_data.write_proxy(data_dir, args.proxy_seed)
     settings = {
         "name": args.name,
-        "data_dir": str(data_dir),
+        "data_dir": str(data_dir or "digits"),
+        **setup,
         "epochs": args.epochs,
         "seeds": args.seeds,
         "backends": args.backends,
@@ -250,10 +291,19 @@ def main(argv=None) -> dict:
         jobs += [(name, backend) for name in recipes for backend in args.backends]
         for recipe, backend in jobs:
             if backend is None:
-                run = reference_run(data_dir, seed, args.epochs, args.reference_args, args.timeout)
+                run = reference_run(
+                    data_dir, seed, args.epochs, args.reference_args, args.timeout, setup
+                )
             else:
                 run = package_run(
-                    data_dir, recipe, recipes[recipe], backend, seed, args.epochs, args.timeout
+                    data_dir,
+                    recipe,
+                    recipes[recipe],
+                    backend,
+                    seed,
+                    args.epochs,
+                    args.timeout,
+                    setup,
                 )
             runs.append(run)
             save()  # after every run, so an interrupted comparison keeps what it measured

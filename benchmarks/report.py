@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import common, machine
 
 
 def merge_rounds(records: list[dict]) -> list[dict]:
@@ -24,7 +24,7 @@ def merge_rounds(records: list[dict]) -> list[dict]:
     """
     groups: dict[tuple, list[dict]] = {}
     for record in records:
-        groups.setdefault((record["impl"], record["mode"], record["batch_size"]), []).append(record)
+        groups.setdefault((record["impl"], *common.record_key(record)), []).append(record)
     merged = []
     for group in groups.values():
         good = sorted(
@@ -38,16 +38,17 @@ def merge_rounds(records: list[dict]) -> list[dict]:
 
 
 def add_ratios(records: list[dict]) -> None:
-    """Adds `ratio_vs_<baseline>`: images/s over the baseline's at the same mode and batch."""
+    """Adds `ratio_vs_<baseline>`: images/s over the baseline's at the same mode, timing
+    and batch (end-to-end rows have no baseline counterpart: None)."""
     for baseline in common.BASELINE_IMPLS:
         reference = {
-            (r["mode"], r["batch_size"]): r["images_per_sec"]
+            common.record_key(r): r["images_per_sec"]
             for r in records
             if r["impl"] == baseline and r.get("images_per_sec")
         }
         key = "ratio_vs_" + baseline.replace("-", "_")
         for record in records:
-            base = reference.get((record["mode"], record["batch_size"]))
+            base = reference.get(common.record_key(record))
             value = record.get("images_per_sec")
             record[key] = value / base if value and base else None
 
@@ -60,7 +61,9 @@ def _order(record):
     order = (*common.BASELINE_IMPLS, *common.KERAS_IMPLS)
     impl_rank = order.index(record["impl"]) if record["impl"] in order else len(order)
     modes = (*common.MODES, common.E2E_MODE)
-    return (modes.index(record["mode"]), record["batch_size"], impl_rank)
+    timing = record.get("timing")
+    timing_rank = common.TIMINGS.index(timing) if timing in common.TIMINGS else len(common.TIMINGS)
+    return (modes.index(record["mode"]), timing_rank, record["batch_size"], impl_rank)
 
 
 def format_table(records: list[dict], config: dict) -> str:
@@ -68,20 +71,24 @@ def format_table(records: list[dict], config: dict) -> str:
     synthetic = sorted((r for r in records if r["mode"] != common.E2E_MODE), key=_order)
     e2e = sorted((r for r in records if r["mode"] == common.E2E_MODE), key=_order)
     devices = sorted({r["device"] for r in records if r.get("device")})
+    settings = config.get("settings") or {}
     lines = [
         f"AlexNet ({config['variant']}) {config['image_size']}x{config['image_size']}, "
         f"{config['precision']}, jit {config['jit']}, device {config['device']}"
-        f" ({'; '.join(devices) or 'unknown'}), {config['steps']} steps after "
-        f"{config['warmup']} warm-up"
-        + (f", median of {config['rounds']} rounds" if config.get("rounds", 1) > 1 else ""),
+        f" ({'; '.join(devices) or 'unknown'}), at least {config['steps']} steps"
+        + (f" and {settings['min_seconds']:g} s" if settings.get("min_seconds") else "")
+        + f" after {config['warmup']} warm-up"
+        + (f", median of {config['rounds']} rounds" if config.get("rounds", 1) > 1 else "")
+        + (", process-wide tuning off (--no-tune)" if settings.get("tune") is False else ""),
         "",
-        "| impl | mode | batch | images/s | step ms median | step ms p90 | compile s | jit "
-        "| x torchvision-eager | x torchvision-compile | note |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| impl | mode | timing | batch | images/s | step ms mean | step ms median "
+        "| step ms p90 | compile s | jit | x torchvision-eager | x torchvision-compile | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in synthetic:
         lines.append(
-            f"| {r['impl']} | {r['mode']} | {r['batch_size']} | {_fmt(r['images_per_sec'], '.1f')} "
+            f"| {r['impl']} | {r['mode']} | {r.get('timing') or '—'} | {r['batch_size']} "
+            f"| {_fmt(r['images_per_sec'], '.1f')} | {_fmt(r.get('step_ms_mean'), '.1f')} "
             f"| {_fmt(r['step_ms_median'], '.1f')} | {_fmt(r['step_ms_p90'], '.1f')} "
             f"| {_fmt(r['compile_seconds'], '.1f')} | {_fmt(r.get('jit'), '')} "
             f"| {_fmt(r.get('ratio_vs_torchvision_eager'), '.2f')} "
@@ -90,21 +97,54 @@ def format_table(records: list[dict], config: dict) -> str:
     if e2e:
         lines += [
             "",
-            "End to end: one real `fit` epoch, uint8 images through the on-device input "
-            "pipeline, vs synthetic device-resident steps at the same settings",
+            "End to end: real `fit` epochs of uint8 images through the on-device input "
+            "pipeline (augmentation on), steady epochs after the first; vs the same "
+            "network's pipelined synthetic steps",
             "",
-            "| impl | batch | dataset | epoch images/s | synthetic images/s | e2e / synthetic "
-            "| note |",
-            "|---|---:|---|---:|---:|---:|---|",
+            "| impl | batch | dataset | images | steps timed | first epoch s "
+            "| epoch images/s | synthetic images/s | e2e / synthetic | note |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in e2e:
             lines.append(
                 f"| {r['impl']} | {r['batch_size']} | {r.get('dataset') or '—'} "
+                f"| {_fmt(r.get('epoch_images'), 'd')} | {_fmt(r.get('steps'), 'd')} "
+                f"| {_fmt(r.get('first_epoch_seconds'), '.1f')} "
                 f"| {_fmt(r['images_per_sec'], '.1f')} "
                 f"| {_fmt(r.get('synthetic_images_per_sec'), '.1f')} "
                 f"| {_fmt(r.get('e2e_ratio'), '.0%')} | {r.get('error') or ''} |"
             )
     return "\n".join(lines)
+
+
+def settings_lines(records: list[dict]) -> list[str]:
+    """The run's settings and machine blocks (one each: every record holds the same),
+    and each implementation's process-wide settings as applied and probed."""
+    first = next((r for r in records if r.get("settings")), {})
+    lines = []
+    for title, block in (("Settings", first.get("settings")), ("Machine", first.get("metadata"))):
+        if block:
+            lines += [f"{title}: " + ", ".join(f"{k} {v}" for k, v in block.items()), ""]
+    applied = {}
+    for r in records:
+        if r["impl"] not in applied and not r.get("error"):
+            applied[r["impl"]] = ", ".join(
+                f"{k} {r.get(k)}" for k in PROCESS_KEYS if r.get(k) is not None
+            )
+    lines += [f"- {impl} ran with: {text}" for impl, text in applied.items()]
+    return lines + [""] if applied else lines
+
+
+# Per implementation: what its process ran under (applied, and for malloc, probed).
+PROCESS_KEYS = (
+    "keep_freed_memory",
+    "freed_memory_kept",
+    "cudnn_benchmark",
+    "tf32_matmul",
+    "tf32_conv",
+    "head_dtype",
+    "data_format",
+)
 
 
 def save(records: list[dict], table: str, out: Path) -> None:
@@ -120,6 +160,7 @@ def save(records: list[dict], table: str, out: Path) -> None:
     if note:
         header += [note, ""]
     header += [f"- {impl}: {text}" for impl, text in versions.items()] + [""]
+    header += settings_lines(records)
     out.with_suffix(".md").write_text("\n".join(header) + "\n" + table + "\n")
     chart = plot(records, out.with_suffix(".png"))
     print(
@@ -139,6 +180,8 @@ def plot(records: list[dict], path: Path) -> Path | None:
     except ImportError:
         return None
     records = sorted(records, key=_order)
+    # The chart shows the pipelined figures (the table has both timings).
+    records = [r for r in records if r.get("timing") in (None, "pipelined")]
     groups = list(dict.fromkeys((r["mode"], r["batch_size"]) for r in records))
     impls = list(dict.fromkeys(r["impl"] for r in records))
     width = 0.8 / max(1, len(impls))
@@ -172,7 +215,8 @@ def plot(records: list[dict], path: Path) -> Path | None:
     first = records[0] if records else {}
     ax.set_title(
         f"AlexNet {first.get('image_size')}px {first.get('precision')} on "
-        f"{first.get('device_type')} (labels: x torchvision-eager; end to end: % of synthetic)",
+        f"{first.get('device_type')}, pipelined (labels: x torchvision-eager; end to end: "
+        "% of synthetic)",
         fontsize=10,
     )
     ax.legend(fontsize=8)
@@ -182,8 +226,8 @@ def plot(records: list[dict], path: Path) -> Path | None:
     return path
 
 
-def report_saved(path: Path, out: Path | None) -> int:
-    """Prints the table of the run saved in `path`; rewrites its .md and .png (or `out`)."""
+def saved_table(path: Path) -> tuple[list[dict], str]:
+    """The records of the run saved in `path`, with their ratios, and its table."""
     records = json.loads(path.read_text())
     first = next((r for r in records if r["mode"] != common.E2E_MODE), records[0])
     config = {
@@ -195,9 +239,46 @@ def report_saved(path: Path, out: Path | None) -> int:
         "steps": first.get("steps"),
         "warmup": first.get("warmup"),
         "rounds": first.get("rounds") or 1,
+        "settings": first.get("settings"),
     }
     add_ratios(records)
-    table = format_table(records, config)
+    return records, format_table(records, config)
+
+
+def report_saved(path: Path, out: Path | None) -> int:
+    """Prints the table of the run saved in `path`; rewrites its .md and .png (or `out`)."""
+    records, table = saved_table(path)
     print(table)
     save(records, table, out or path)
     return 0
+
+
+def refresh_readme(readme: Path, results: Path) -> None:
+    """Replaces the table in `readme` between the markers naming `results` by its table.
+
+    The block starts with `<!-- bench-table: PATH -->` and ends with
+    `<!-- /bench-table -->`; PATH is `results` as written there, or its template
+    with `{device}` for the machine's name (`benchmarks/results/{device}-bf16.json`),
+    so the README shows the latest run of that kind. One command refreshes the
+    README from a saved run, never an edit by hand.
+    """
+    text = readme.read_text()
+    records, table = saved_table(results)
+    names = [results.as_posix()]
+    first = next((r for r in records if r.get("metadata")), None)
+    if first is not None:
+        slug = machine.device_slug(first["metadata"], first.get("device_type"))
+        names.append(results.as_posix().replace(slug, "{device}"))
+    end = "<!-- /bench-table -->"
+    start = next((f"<!-- bench-table: {n} -->" for n in names if f": {n} -->" in text), None)
+    if start is None:
+        raise SystemExit(
+            f"alexnet-k3 bench: error: {readme} has no '<!-- bench-table: {names[-1]} -->' "
+            f"marker; add it (and '{end}' after it) where the table of {results} belongs."
+        )
+    before, rest = text.split(start, 1)
+    if end not in rest:
+        raise SystemExit(f"alexnet-k3 bench: error: {readme}: '{start}' has no '{end}' after it.")
+    _, after = rest.split(end, 1)
+    readme.write_text(f"{before}{start}\n{table}\n{end}{after}")
+    print(f"[bench] refreshed the table of {results} in {readme}", file=sys.stderr)

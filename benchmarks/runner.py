@@ -22,11 +22,9 @@ standard output.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,216 +36,15 @@ if str(_ROOT) not in sys.path:
     # Loaded by path (the CLI) or run as a file: make `benchmarks` importable.
     sys.path.insert(0, str(_ROOT))
 
-from alexnet_k3.core import (  # noqa: E402 - Keras-free: the parent never imports a framework
-    BACKENDS,
-    DATA_FORMATS,
-    DATASETS,
-    JIT_SETTINGS,
-    PRECISIONS,
-    VARIANTS,
-)
 from benchmarks import common, report  # noqa: E402
-
-# Defaults per device: (batch size, steps, warmup). CPU: a quick look; GPU:
-# timm's 40-50 measured steps after enough warm-up for autotuning.
-DEVICE_DEFAULTS = {"cpu": (16, 10, 2), "gpu": (256, 50, 10)}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The `alexnet-k3 bench` options; choices come from `alexnet_k3.core`."""
-    parser = argparse.ArgumentParser(
-        prog="alexnet-k3 bench",
-        description="Throughput of AlexNet on each Keras backend next to torchvision's "
-        "AlexNet in plain PyTorch. Each implementation runs in its own process.",
-    )
-    parser.add_argument(
-        "--backends",
-        default=",".join(BACKENDS),
-        help=f"comma-separated Keras backends to measure ({', '.join(BACKENDS)}) or 'none'",
-    )
-    parser.add_argument(
-        "--baselines",
-        default="torchvision-eager,torchvision-compile",
-        help="comma-separated baselines (torchvision-eager, torchvision-compile) or 'none'",
-    )
-    parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
-    parser.add_argument(
-        "--batch-size",
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="one or several batch sizes (space or comma separated); default 16 on CPU, 256 on GPU",
-    )
-    parser.add_argument("--image-size", type=int, default=224, help="square input side")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
-    parser.add_argument(
-        "--jit",
-        choices=("recommended", *JIT_SETTINGS),
-        default="recommended",
-        help="Keras jit_compile: 'recommended' = alexnet_k3.backend.recommended_compile_kwargs() "
-        "(the package's default), 'auto' = Keras's own default. The baselines' jit is their "
-        "name (torchvision-compile).",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="measured steps (CPU 10, GPU 50)")
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help="warm-up steps before measuring, compilation included (CPU 2, GPU 10)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "gpu"),
-        default="auto",
-        help="'auto': gpu when nvidia-smi lists one, else cpu",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="FILE.json; FILE.md and FILE.png go beside it"
-    )
-    parser.add_argument(
-        "--end-to-end",
-        action="store_true",
-        help="also time a real fit epoch (input pipeline included) for the Keras backends",
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="digits",
-        help="dataset of the --end-to-end epoch",
-    )
-    parser.add_argument(
-        "--variant",
-        choices=VARIANTS,
-        default="torchvision",
-        help="AlexNet variant (the baselines exist for 'torchvision' only)",
-    )
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument(
-        "--data-format",
-        choices=DATA_FORMATS,
-        default="recommended",
-        help="Keras image_data_format of the Keras runs",
-    )
-    parser.add_argument(
-        "--torch-memory-format",
-        choices=("auto", "channels_last", "contiguous"),
-        default="auto",
-        help="memory format of the torchvision baselines ('auto': channels_last, measured "
-        "faster on CPU, the standard choice on GPU)",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="measure every implementation this many times, in turn, and keep each one's "
-        "median round: on a shared machine, load that changes over minutes then hits all alike",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=3600.0,
-        help="seconds one worker process may run before it is killed",
-    )
-    parser.add_argument("--note", default=None, help="a line saved with the results")
-    parser.add_argument(
-        "--from-json",
-        type=Path,
-        default=None,
-        metavar="FILE.json",
-        help="measure nothing: print the table of a saved run and rewrite its .md and .png",
-    )
-    parser.add_argument("--verbose", action="store_true", help="relay the workers' whole output")
-    return parser
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check(parser, args)
-    return args
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip() and part.strip() != "none"]
-
-
-def _check(parser, args) -> None:
-    backends, baselines, modes = _split(args.backends), _split(args.baselines), _split(args.modes)
-    for values, allowed, flag in (
-        (backends, BACKENDS, "--backends"),
-        (baselines, common.BASELINE_IMPLS, "--baselines"),
-        (modes, common.MODES, "--modes"),
-    ):
-        unknown = [v for v in values if v not in allowed]
-        if unknown:
-            parser.error(
-                f"{flag}: unknown {unknown}, expected a comma-separated subset of {list(allowed)}"
-            )
-    if not backends and not baselines:
-        parser.error("nothing to measure: --backends and --baselines are both empty")
-    if not modes:
-        parser.error("--modes is empty; give train, infer or both")
-    args.backends, args.baselines, args.modes = backends, baselines, modes
-    device = _detect_device() if args.device == "auto" else args.device
-    args.device = device
-    batch, steps, warmup = DEVICE_DEFAULTS[device]
-    sizes = []
-    for text in args.batch_size or [str(batch)]:
-        for part in _split(text):
-            try:
-                sizes.append(int(part))
-            except ValueError:
-                parser.error(f"--batch-size: {part!r} is not an integer")
-    if not sizes or min(sizes) < 1:
-        parser.error(f"--batch-size must be positive integers, received {args.batch_size}")
-    args.batch_size = sorted(set(sizes))
-    args.steps = steps if args.steps is None else args.steps
-    args.warmup = warmup if args.warmup is None else args.warmup
-    if args.steps < 1 or args.warmup < 1:
-        parser.error(
-            f"--steps and --warmup must be >= 1 (warm-up holds the compilation), "
-            f"received --steps {args.steps} --warmup {args.warmup}"
-        )
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, received {args.rounds}")
-    if args.image_size < 1 or args.num_classes < 1:
-        parser.error("--image-size and --num-classes must be positive")
-    if args.out is not None and args.out.suffix != ".json":
-        parser.error(f"--out must name a .json file, received {str(args.out)!r}")
-
-
-def _detect_device() -> str:
-    """ "gpu" when nvidia-smi lists a GPU (without importing any framework), else "cpu"."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return "cpu"
-    try:
-        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "cpu"
-    return "gpu" if listing.returncode == 0 and "GPU" in listing.stdout else "cpu"
-
-
-def worker_config(args) -> dict:
-    """The settings every worker reads (JSON-serializable)."""
-    return {
-        "modes": list(args.modes),
-        "batch_sizes": list(args.batch_size),
-        "image_size": args.image_size,
-        "precision": args.precision,
-        "jit": args.jit,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "device": args.device,
-        "end_to_end": args.end_to_end,
-        "dataset": args.dataset,
-        "variant": args.variant,
-        "num_classes": args.num_classes,
-        "data_format": args.data_format,
-        "torch_memory_format": args.torch_memory_format,
-        "rounds": args.rounds,
-        "note": args.note,
-    }
+from benchmarks.options import (  # noqa: E402, F401 - the options, re-exported for callers
+    CPU_E2E_STEPS,
+    DEVICE_DEFAULTS,
+    GPU_E2E_IMAGES,
+    build_parser,
+    parse_args,
+    worker_config,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         return _worker_main(argv[1:])
     args = parse_args(argv)
     if args.from_json is not None:
-        return report.report_saved(args.from_json, args.out)
+        code = report.report_saved(args.from_json, args.out)
+        if args.readme is not None:
+            report.refresh_readme(args.readme, args.from_json)
+        return code
     config = worker_config(args)
+    warning = precision_warning(args.precision, args.device)
+    if warning:
+        print(f"[bench] warning: {warning}", file=sys.stderr)
     impls = [b for b in common.BASELINE_IMPLS if b in args.baselines]
     impls += [f"keras-{b}" for b in args.backends]
     measured = []
@@ -279,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out is not None:
         report.save(records, table, args.out)
+        if args.readme is not None:
+            report.refresh_readme(args.readme, args.out)
     failed = failures(measured)
     for impl, error in failed:
         print(f"[bench] FAILED: {impl}: {error}", file=sys.stderr)
@@ -286,6 +91,29 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] nothing was measured", file=sys.stderr)
         return 1
     return 1 if failed else 0
+
+
+def precision_warning(precision: str, device: str) -> str | None:
+    """The package's measured warning when `precision` is slower than float32 here.
+
+    `alexnet_k3.backend.precision_warning` needs Keras (it reads the backend), which
+    this process never imports, so a small worker process asks it; None when that
+    cannot run (no Keras installed: the baselines alone have no such rule).
+    """
+    if precision == "float32" or device != "cpu":
+        return None
+    code = (
+        "from alexnet_k3 import backend; "
+        f"print(backend.precision_warning({precision!r}) or '', end='')"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 # Errors that are results, not failures, besides "oom" (the batch did not fit): the
@@ -353,11 +181,11 @@ def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool 
         if unreadable is not None:
             reasons.append("the worker's results file was unreadable")
             last = f"{unreadable}; last output: {last}" if last else unreadable
-        done = {(r["mode"], r["batch_size"]) for r in records}
+        done = {common.record_key(r) for r in records}
         records += [
             r
             for r in common.error_records(impl, config, "; ".join(reasons), detail=last or None)
-            if (r["mode"], r["batch_size"]) not in done
+            if common.record_key(r) not in done
         ]
     return records
 
@@ -416,13 +244,13 @@ def _worker_main(argv: list[str]) -> int:
     if failure is not None:
         # Keep what was measured before the failure; the rest carry its reason.
         records = list(common.RESULT_SINK["records"])
-        done = {(r["mode"], r["batch_size"]) for r in records}
+        done = {common.record_key(r) for r in records}
         rest = [
             r
             for r in common.error_records(
                 impl, config, failure[0], detail=common.short_error(failure[1], limit=2000)
             )
-            if (r["mode"], r["batch_size"]) not in done
+            if common.record_key(r) not in done
         ]
         if rest:
             common.progress(rest[0], save=False)

@@ -140,3 +140,109 @@ def test_backend_package_reexports_core():
 
     assert kb.is_out_of_memory is core.is_out_of_memory
     assert not hasattr(kb, "BACKENDS")  # the vocabulary lives in core
+
+
+AVX2_ONLY = frozenset({"sse2", "avx2", "fma"})  # this project's AMD EPYC
+WITH_AMX = AVX2_ONLY | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # the Xeon
+
+
+def test_precision_warning_names_the_measured_slowdown_on_this_cpu(monkeypatch):
+    flags = speed._cpu_flags()
+    if kb.accelerator() == "cpu" and flags is not None and not flags & {"amx_bf16", "avx512_bf16"}:
+        # This machine as it is (the AVX2-only EPYC): every backend emulates bfloat16.
+        assert "slower than float32" in kb.precision_warning("mixed_bfloat16")
+    monkeypatch.setattr(info, "accelerator", lambda: "cpu")
+    monkeypatch.setattr(speed, "_cpu_flags", lambda: AVX2_ONLY)
+    assert kb.precision_warning("float32") is None
+    for precision in ("mixed_bfloat16", "mixed_float16"):
+        message = kb.precision_warning(precision)
+        slower, float32 = speed._EMULATED_ON_CPU[(kb.name(), precision)]
+        assert slower < float32
+        assert message.startswith(f"precision={precision!r} is slower than float32 on this CPU")
+        assert (
+            f"keras-{kb.name()} trained {slower} images/s vs {float32} in float32, measured"
+            in message
+        )
+        assert "emulates it" in message and "Use precision='float32' here." in message
+        assert "\n" not in message
+    # With AMX only jax's bfloat16 was measured slower; float16 is emulated there too.
+    monkeypatch.setattr(speed, "_cpu_flags", lambda: WITH_AMX)
+    amx = kb.precision_warning("mixed_bfloat16")
+    assert (amx is not None) is (kb.name() == "jax")
+    assert kb.precision_warning("mixed_float16") is not None
+    monkeypatch.setattr(speed, "_cpu_flags", lambda: AVX2_ONLY | {"avx512_bf16"})
+    assert kb.precision_warning("mixed_bfloat16") is None  # native, and not measured
+    # Nothing measured: a GPU, a CPU whose flags are unknown.
+    monkeypatch.setattr(speed, "_cpu_flags", lambda: None)
+    assert kb.precision_warning("mixed_bfloat16") is None
+    monkeypatch.setattr(speed, "_cpu_flags", lambda: AVX2_ONLY)
+    monkeypatch.setattr(info, "accelerator", lambda: "gpu")
+    assert kb.precision_warning("mixed_bfloat16") is None
+
+
+def test_recommended_precision_never_picks_one_measured_slower(monkeypatch):
+    monkeypatch.setattr(info, "accelerator", lambda: "cpu")
+    monkeypatch.setattr(speed, "_device_precision", lambda: "mixed_bfloat16")
+    monkeypatch.setattr(speed, "_cpu_flags", lambda: AVX2_ONLY)
+    assert kb.recommended_precision() == "float32"
+    monkeypatch.setattr(speed, "_cpu_flags", lambda: WITH_AMX)
+    expected = "float32" if kb.name() == "jax" else "mixed_bfloat16"
+    assert kb.recommended_precision() == expected
+
+
+def test_training_warns_about_a_precision_measured_slower(tmp_path, monkeypatch, capsys):
+    from alexnet_k3 import training
+
+    monkeypatch.setattr(info, "accelerator", lambda: "cpu")
+    monkeypatch.setattr(speed, "_cpu_flags", lambda: AVX2_ONLY)
+    monkeypatch.setattr(training, "_run", lambda *args: {})  # the warning comes first
+    training.train(tmp_path / "bf16", dataset="digits", precision="mixed_bfloat16")
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1  # float16's older rule does not repeat it
+    assert f"warning: {kb.precision_warning('mixed_bfloat16')}\n" in err
+    training.train(tmp_path / "fp16", dataset="digits", precision="mixed_float16")
+    assert capsys.readouterr().err.count("warning: precision='mixed_float16' is slower") == 1
+    training.train(tmp_path / "fp32", dataset="digits", precision="float32")
+    assert "warning" not in capsys.readouterr().err
+
+
+def _tiny_network():
+    from alexnet_k3 import AlexNet
+
+    shape = (3, 32, 32) if keras.config.image_data_format() == "channels_first" else (32, 32, 3)
+    return AlexNet(10, variant="cifar", input_shape=shape, seed=0), shape
+
+
+def test_device_predict_gives_predict_on_batch_outputs_call_after_call():
+    # The benchmark's inference steps: the model's own compiled predict, no host copy.
+    model, shape = _tiny_network()
+    model.compile(**kb.recommended_compile_kwargs())
+    x = keras.random.normal((2, *shape), seed=1)
+    expected = model.predict_on_batch(x)
+    run = kb.device_predict(model, x)
+    for steps in (2, 1):  # a second call: the state jax donated was written back
+        outputs = kb.synchronize(run(steps))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.predict_on_batch(x), expected, rtol=1e-5)
+
+
+def test_repeated_batch_feed_trains_fit_for_the_steps_asked():
+    model, shape = _tiny_network()
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=[])
+    x = keras.random.normal((2, *shape), seed=1)
+    y = keras.ops.one_hot(keras.ops.convert_to_tensor([1, 3]), 10)
+    model.fit(**kb.repeated_batch_feed(x, y), steps_per_epoch=3, epochs=1, verbose=0)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
+
+
+def test_set_matmul_precision_says_what_runs():
+    # TF32 exists on GPUs only: on a CPU the record says None, whatever was asked.
+    for precision in ("default", "highest", "high"):
+        applied = kb.set_matmul_precision(precision)
+        if kb.accelerator() == "cpu":
+            assert applied == {"tf32_matmul": None, "tf32_conv": None}
+        elif precision != "default":
+            assert applied == {"tf32_matmul": precision == "high", "tf32_conv": precision == "high"}
+    kb.set_matmul_precision("highest")
+    with pytest.raises(ValueError, match="received 'fast'"):
+        kb.set_matmul_precision("fast")

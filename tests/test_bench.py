@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import textwrap
+from pathlib import Path
 
 import keras
 import pytest
@@ -20,6 +22,7 @@ from alexnet_k3 import core
 # benchmarks/ is a folder of the repository (on sys.path through pytest's `pythonpath`).
 from benchmarks import common, keras_bench, report, runner
 
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 BACKEND = kb.name()
 IMPL = f"keras-{BACKEND}"
 # Tiny: the native 32x32 variant, one measured step.
@@ -29,11 +32,18 @@ TINY = {
     "image_size": 32,
     "precision": "float32",
     "jit": "recommended",
+    "timings": ["pipelined", "per-step"],
     "steps": 1,
     "warmup": 1,
+    "min_seconds": 0.0,
+    "matmul_precision": "default",
+    "equal_precision": False,
+    "tune": True,
     "device": "cpu",
     "end_to_end": True,
     "dataset": "digits",
+    "e2e_images": None,
+    "e2e_epochs": 2,
     "variant": "cifar",
     "num_classes": 10,
     "data_format": "recommended",
@@ -66,18 +76,17 @@ def backend_oom_error() -> Exception:
 
 @pytest.fixture(scope="module")
 def worker_records():
-    """One in-process worker run: batch 4's training step runs out of memory."""
-    real = keras_bench.train_step_fn
+    """One in-process worker run: batch 4's training steps run out of memory."""
+    real_step, real_steps = keras_bench.train_step_fn, keras_bench.train_steps_fn
+
+    def out_of_memory(*args):  # called by the worker's timing loops, like a real step
+        raise backend_oom_error()
 
     def train_step_fn(model, x, y):
-        step = real(model, x, y)
-        if x.shape[0] != 4:
-            return step
+        return real_step(model, x, y) if x.shape[0] != 4 else out_of_memory
 
-        def out_of_memory():  # called by the worker's timing loop, like a real step
-            raise backend_oom_error()
-
-        return out_of_memory
+    def train_steps_fn(model, x, y):
+        return real_steps(model, x, y) if x.shape[0] != 4 else out_of_memory
 
     data_format = keras.config.image_data_format()
     policy = keras.mixed_precision.global_policy()
@@ -85,6 +94,7 @@ def worker_records():
     digits = keras_bench.load_dataset("digits")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(keras_bench, "train_step_fn", train_step_fn)
+        patch.setattr(keras_bench, "train_steps_fn", train_steps_fn)
         # A 37-image slice of the digits keeps the epoch short and leaves a partial batch.
         patch.setattr(
             keras_bench, "load_dataset", lambda name: (digits[0][:37], digits[1][:37], digits[2])
@@ -124,50 +134,87 @@ def _single_threaded_workers(monkeypatch):
 
 
 def by_key(records):
-    return {(r["mode"], r["batch_size"]): r for r in records}
+    return {common.record_key(r): r for r in records}
+
+
+SYNTHETIC_KEYS = [(m, t, b) for m in ("train", "infer") for b in (2, 4) for t in common.TIMINGS]
 
 
 def test_records_complete(worker_records):
     records = by_key(worker_records)
-    assert set(records) == {(m, b) for m in ("train", "infer", "train-e2e") for b in (2, 4)}
+    e2e_keys = [("train-e2e", "pipelined", b) for b in (2, 4)]
+    assert list(records) == SYNTHETIC_KEYS + e2e_keys  # both timings, every mode and batch
     for record in worker_records:
         assert set(common.RECORD_KEYS) <= set(record), record
         assert record["impl"] == IMPL
         assert record["image_size"] == 32 and record["precision"] == "float32"
         assert record["device"] and record["device_type"] == "cpu"
         assert record["versions"]["keras"] == keras.__version__
-    for key in [("train", 2), ("infer", 2), ("infer", 4), ("train-e2e", 2)]:
+        assert record["head_dtype"] in (None, "float32")
+    for key in [k for k in SYNTHETIC_KEYS if k[0] == "infer" or k[2] == 2] + e2e_keys[:1]:
         record = records[key]
         assert record["error"] is None, record
-        assert record["images_per_sec"] > 0
-        assert isinstance(record["jit"], bool)
-        assert record["compile_seconds"] >= 0
-    for key in [("train", 2), ("infer", 2), ("infer", 4)]:
-        record = records[key]
-        assert 0 < record["step_ms_median"] <= record["step_ms_p90"] * (1 + 1e-9)
+        assert record["images_per_sec"] > 0 and record["step_ms_mean"] > 0
+        assert isinstance(record["jit"], bool) and record["head_dtype"] == "float32"
+        assert record["compile_seconds"] >= 0 and record["measured_seconds"] > 0
+        if key[0] != "train-e2e":  # its figure is images over the steady epochs' time
+            timed = record["batch_size"] * record["steps"] / record["measured_seconds"]
+            assert record["images_per_sec"] == pytest.approx(timed)
+    for (mode, timing, _), record in records.items():
+        if mode == "train-e2e" or record["error"]:
+            continue
         assert record["steps"] == 1 and record["warmup"] == 1
+        if timing == "per-step":
+            assert 0 < record["step_ms_median"] <= record["step_ms_p90"] * (1 + 1e-9)
+        else:  # no step is timed alone: no percentiles
+            assert record["step_ms_median"] is None and record["step_ms_p90"] is None
 
 
 def test_oom_recorded_and_run_goes_on(worker_records):
     records = by_key(worker_records)
-    oom = records[("train", 4)]
-    assert oom["error"] == "oom"
-    assert oom["error_detail"].startswith(type(backend_oom_error()).__name__)
-    assert oom["images_per_sec"] is None
-    # The end-to-end figure at batch 4 runs the same (failing) synthetic step as reference.
-    assert records[("train-e2e", 4)]["error"] == "oom"
+    for timing in common.TIMINGS:
+        oom = records[("train", timing, 4)]
+        assert oom["error"] == "oom"
+        assert oom["error_detail"].startswith(type(backend_oom_error()).__name__)
+        assert oom["images_per_sec"] is None
+    # The end-to-end figure at batch 4 runs the same (failing) synthetic steps as reference.
+    assert records[("train-e2e", "pipelined", 4)]["error"] == "oom"
     # Later work in the same process still ran.
-    assert records[("infer", 4)]["images_per_sec"] > 0
+    assert records[("infer", "pipelined", 4)]["images_per_sec"] > 0
 
 
 def test_end_to_end_ratio(worker_records):
-    e2e = by_key(worker_records)[("train-e2e", 2)]
+    e2e = by_key(worker_records)[("train-e2e", "pipelined", 2)]
     assert e2e["epoch_images"] == 37 and e2e["dataset"] == "digits"
+    # Two epochs: the first (start-up) apart, the steady one timed: 19 steps of batch 2.
+    assert e2e["epochs"] == 2 and e2e["steps"] == 19
+    assert e2e["first_epoch_seconds"] > 0 and e2e["epoch_seconds"] > 0
     assert e2e["synthetic_images_per_sec"] > 0
     assert e2e["synthetic_before_images_per_sec"] > 0 and e2e["synthetic_after_images_per_sec"] > 0
     assert e2e["e2e_ratio"] == pytest.approx(
         e2e["images_per_sec"] / e2e["synthetic_images_per_sec"]
     )
+
+
+def test_synthetic_end_to_end_set_is_cifar10_sized_and_fixed():
+    # What `--dataset synthetic` (CIFAR-10 absent) feeds the end-to-end epochs on a GPU.
+    config = {"dataset": "synthetic", "e2e_images": 50_000}
+    x, labels, name = keras_bench.e2e_dataset(config)
+    assert name == "synthetic" and x.shape == (50_000, 32, 32, 3) and x.dtype == "uint8"
+    assert labels.dtype == "int64" and set(labels[:1000].tolist()) == set(range(10))
+    again, _, _ = keras_bench.e2e_dataset(config)
+    assert (x[:64] == again[:64]).all()  # a fixed seed: every backend gets the same images
+    assert 100 < x.mean() < 155  # uniform pixels, not a constant image
+
+
+def test_cpu_end_to_end_set_times_at_least_twenty_steps():
+    args = runner.parse_args(["--device", "cpu", "--batch-size", "8,16", "--end-to-end"])
+    if args.dataset == "synthetic":  # CIFAR-10 is not on this machine
+        assert args.e2e_images == runner.CPU_E2E_STEPS * 16 and args.e2e_epochs == 2
+    config = runner.worker_config(args)
+    assert config["settings"]["e2e_images"] == args.e2e_images
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--device", "cpu", "--e2e-epochs", "1"])
 
 
 def test_out_of_memory_classification():
@@ -184,6 +231,9 @@ def test_worker_records_name_the_speed_settings(worker_records):
     for record in worker_records:
         assert record["cudnn_benchmark"] == applied["cudnn_benchmark"]
         assert record["keep_freed_memory"] == applied["keep_freed_memory"]
+        assert record["freed_memory_kept"] is (True if GLIBC else None)
+        assert record["tf32_matmul"] is None and record["tf32_conv"] is None  # a CPU
+    assert applied["keep_freed_memory"] is GLIBC  # on a CPU, every backend
 
 
 def test_parent_runs_workers_and_computes_ratios(tmp_path, capsys):
@@ -216,27 +266,54 @@ def test_parent_runs_workers_and_computes_ratios(tmp_path, capsys):
     table = capsys.readouterr().out
     assert code == 0
     records = json.loads(out.read_text())
-    assert [(r["impl"], r["mode"], r["batch_size"]) for r in records] == [
-        ("torchvision-eager", "train", 2),
-        (IMPL, "train", 2),
+    assert [(r["impl"], *common.record_key(r)) for r in records] == [
+        ("torchvision-eager", "train", "pipelined", 2),
+        ("torchvision-eager", "train", "per-step", 2),
+        (IMPL, "train", "pipelined", 2),
+        (IMPL, "train", "per-step", 2),
     ]
-    baseline, keras_record = records
+    baseline, keras_record = records[::2]
     for record in records:
         assert set(common.RECORD_KEYS) <= set(record)
         assert record["error"] is None, record
+        # One settings block and one machine block, the same in every row.
+        assert record["settings"] == records[0]["settings"]
+        assert record["metadata"] == records[0]["metadata"]
+        # The same process-wide settings, applied and probed in each worker's process.
+        assert record["keep_freed_memory"] is record["freed_memory_kept"] is GLIBC
+    assert records[0]["settings"]["timings"] == ["pipelined", "per-step"]
+    assert records[0]["metadata"]["cpu"] == core.cpu_name()
     assert baseline["ratio_vs_torchvision_eager"] == pytest.approx(1.0)
     ratio = keras_record["images_per_sec"] / baseline["images_per_sec"]
     assert keras_record["ratio_vs_torchvision_eager"] == pytest.approx(ratio)
     assert keras_record["ratio_vs_torchvision_compile"] is None
     row = next(line for line in table.splitlines() if line.startswith(f"| {IMPL} "))
     assert f"| {ratio:.2f} |" in row
-    assert out.with_suffix(".md").read_text().count(f"| {IMPL} ") == 1
+    markdown = out.with_suffix(".md").read_text()
+    assert markdown.count(f"| {IMPL} ") == 2 and "Machine: cpu " in markdown
     assert out.with_suffix(".png").stat().st_size > 0
     # A saved run renders again without measuring.
     copy = tmp_path / "again.json"
     assert runner.main(["--from-json", str(out), "--out", str(copy), "--device", "cpu"]) == 0
     assert capsys.readouterr().out == table
     assert json.loads(copy.read_text()) == records
+
+
+def test_no_tune_runs_the_baseline_without_the_process_settings(tmp_path):
+    # `--no-tune`: glibc's malloc as it is, and the worker's own probe agrees.
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed")
+    out = tmp_path / "plain.json"
+    argv = ["--backends", "none", "--baselines", "torchvision-eager", "--modes", "infer"]
+    argv += ["--timing", "pipelined", "--image-size", "64", "--batch-size", "2", "--steps", "1"]
+    assert (
+        runner.main([*argv, "--warmup", "1", "--device", "cpu", "--no-tune", "--out", str(out)])
+        == 0
+    )
+    (record,) = json.loads(out.read_text())
+    assert record["settings"]["tune"] is False
+    assert record["keep_freed_memory"] is False
+    assert record["freed_memory_kept"] is (False if GLIBC else None)
 
 
 def _shadow_framework(tmp_path, monkeypatch, code: str) -> None:
@@ -276,11 +353,11 @@ def test_missing_backend_reported(tmp_path, monkeypatch, capsys):
     table = capsys.readouterr().out
     assert code == 1  # nothing was measured
     records = json.loads((tmp_path / "m.json").read_text())
-    assert len(records) == 2
+    assert len(records) == 4  # 2 modes x 2 timings
     for record in records:
         assert record["error"] == f"missing: No module named {framework!r}"
         assert record["images_per_sec"] is None
-    assert table.count(f"missing: No module named {framework!r}") == 2
+    assert table.count(f"missing: No module named {framework!r}") == 4
 
 
 @pytest.mark.parametrize("death", ["killed", "exits"])
@@ -293,15 +370,19 @@ def test_truncated_results_file_is_recorded_not_raised(tmp_path, monkeypatch, de
         monkeypatch,
         f"""
         import json, os, signal, sys
-        text = json.dumps([{{"impl": {IMPL!r}, "mode": "train", "batch_size": 2}}])
+        record = {{"impl": {IMPL!r}, "mode": "train", "timing": "pipelined", "batch_size": 2}}
+        text = json.dumps([record])
         with open(sys.argv[-1], "w") as f:  # runner --worker IMPL CONFIG RESULTS
             f.write(text[: len(text) // 2])
         {end}
         """,
     )
-    config = {**TINY, "modes": ["train"], "end_to_end": False}
+    config = {**TINY, "modes": ["train"], "timings": ["pipelined"], "end_to_end": False}
     records = runner.run_impl(IMPL, config, timeout=600)
-    assert [(r["mode"], r["batch_size"]) for r in records] == [("train", 2), ("train", 4)]
+    assert [common.record_key(r) for r in records] == [
+        ("train", "pipelined", 2),
+        ("train", "pipelined", 4),
+    ]
     for record in records:
         assert "results file was unreadable" in record["error"], record
         assert "JSONDecodeError" in record["error_detail"]
@@ -320,7 +401,9 @@ def test_worker_results_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "atomic_write_json", lambda p, v, **k: writes.append((p, v)))
     monkeypatch.setitem(common.RESULT_SINK, "path", str(path))
     monkeypatch.setitem(common.RESULT_SINK, "records", [])
-    record = common.new_record(IMPL, "train", 2, TINY, images_per_sec=1.0, step_ms_median=1.0)
+    record = common.new_record(
+        IMPL, "train", "per-step", 2, TINY, images_per_sec=1.0, step_ms_median=1.0
+    )
     common.progress(record)
     assert writes == [(str(path), [record])] and not path.exists()
 
@@ -329,12 +412,7 @@ def test_worker_that_dies_is_recorded():
     # Killed by the timeout while still importing: no records of its own.
     config = {**TINY, "end_to_end": False}
     records = runner.run_impl(IMPL, config, timeout=0.5)
-    assert [(r["mode"], r["batch_size"]) for r in records] == [
-        ("train", 2),
-        ("train", 4),
-        ("infer", 2),
-        ("infer", 4),
-    ]
+    assert [common.record_key(r) for r in records] == SYNTHETIC_KEYS
     for record in records:
         assert record["error"] == "worker timed out after 0.5 s"
         assert set(common.RECORD_KEYS) <= set(record)
@@ -353,22 +431,78 @@ def test_table_from_records_without_a_run():
     config = {**TINY, "variant": "torchvision", "image_size": 224}
     records = [
         common.new_record(
-            "torchvision-eager", "train", 16, config, images_per_sec=10.0, device="cpu0"
+            "torchvision-eager", "train", "pipelined", 16, config, images_per_sec=10.0
         ),
-        common.new_record("torchvision-compile", "train", 16, config, error="oom"),
-        common.new_record(IMPL, "train", 16, config, images_per_sec=15.0, device="cpu0"),
+        common.new_record("torchvision-compile", "train", "pipelined", 16, config, error="oom"),
+        common.new_record(IMPL, "train", "pipelined", 16, config, images_per_sec=15.0),
+        # Another timing mode: compared with its own baseline row only (there is none).
+        common.new_record(IMPL, "train", "per-step", 16, config, images_per_sec=12.0),
     ]
     report.add_ratios(records)
     table = report.format_table(records, config)
     assert records[2]["ratio_vs_torchvision_eager"] == pytest.approx(1.5)
     assert records[2]["ratio_vs_torchvision_compile"] is None
+    assert records[3]["ratio_vs_torchvision_eager"] is None
     assert "| 1.50 |" in table and "| oom |" in table
+
+
+def test_readme_table_is_refreshed_from_a_saved_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = {**TINY, "variant": "torchvision", "image_size": 224}
+    records = [
+        common.new_record(
+            "torchvision-eager", "train", "pipelined", 256, config, images_per_sec=900.0
+        ),
+        common.new_record(IMPL, "train", "pipelined", 256, config, images_per_sec=1200.0),
+    ]
+    results = Path("results/gpu.json")
+    report.save(records, "table", results)
+    readme = Path("README.md")
+    marker = "<!-- bench-table: results/gpu.json -->"
+    readme.write_text(f"# Title\n\nBefore.\n{marker}\nold table\n<!-- /bench-table -->\nAfter.\n")
+    assert runner.main(["--from-json", str(results), "--readme", "README.md"]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Title\n\nBefore.\n")
+    assert text.endswith("<!-- /bench-table -->\nAfter.\n")
+    row = next(line for line in text.splitlines() if line.startswith(f"| {IMPL} "))
+    assert "| 1200.0 |" in row and "| 1.33 |" in row
+    # A marker naming the machine as {device}: the README shows the latest run of that kind.
+    config["metadata"] = {"cpu_count": 2, "cpus_usable": 2, "gpus": []}
+    records = [common.new_record(IMPL, "infer", "pipelined", 8, config, images_per_sec=3.5)]
+    results = Path("results/cpu-2core-fp32.json")
+    report.save(records, "table", results)
+    readme.write_text("<!-- bench-table: results/{device}-fp32.json -->\n<!-- /bench-table -->\n")
+    assert runner.main(["--from-json", str(results), "--readme", "README.md"]) == 0
+    assert "| 3.5 |" in readme.read_text()
+    # A file without the marker is an error that says what to add, not a silent no-op.
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="bench-table: results/"):
+        runner.main(["--from-json", str(results), "--readme", "README.md"])
+
+
+def test_gpu_session_settings_and_readme_markers():
+    # `nox -s bench_gpu` cannot run here: its settings are checked, and the README
+    # holds the blocks it refreshes.
+    root = Path(runner.__file__).resolve().parents[1]
+    readme, noxfile = (root / "README.md").read_text(), (root / "noxfile.py").read_text()
+    assert '"benchmarks/results/{{device}}-{tag}.json"' in noxfile
+    for tag in ("bf16", "fp32"):
+        assert f'"{tag}"' in noxfile
+        out = f"benchmarks/results/{{device}}-{tag}.json"
+        assert f"<!-- bench-table: {out} -->" in readme
+        args = runner.parse_args(["--device", "gpu", "--end-to-end", "--out", out])
+        assert args.batch_size == [256] and args.min_seconds == 3.0
+        config = runner.worker_config(args)
+        if args.dataset == "synthetic":
+            assert config["e2e_images"] == runner.GPU_E2E_IMAGES == 50_000
+        assert config["e2e_epochs"] == 3 and config["timings"] == ["pipelined", "per-step"]
+        assert "{device}" not in str(args.out)  # named after the machine
 
 
 def test_rounds_keep_the_median_round():
     config = {**TINY, "variant": "torchvision"}
     rounds = [
-        common.new_record(IMPL, "train", 16, config, images_per_sec=value, error=error)
+        common.new_record(IMPL, "train", "pipelined", 16, config, images_per_sec=value, error=error)
         for value, error in [(30.0, None), (None, "oom"), (10.0, None), (20.0, None)]
     ]
     (merged,) = report.merge_rounds(rounds)
@@ -381,7 +515,14 @@ def test_rounds_keep_the_median_round():
 
 def _record(impl, images_per_sec=None, error=None):
     return common.new_record(
-        impl, "train", 2, TINY, images_per_sec=images_per_sec, error=error, error_detail=error
+        impl,
+        "train",
+        "pipelined",
+        2,
+        TINY,
+        images_per_sec=images_per_sec,
+        error=error,
+        error_detail=error,
     )
 
 
@@ -422,14 +563,14 @@ def test_a_keras_worker_that_raises_fails_the_run(tmp_path, monkeypatch, capsys)
         textwrap.dedent(
             """
             from benchmarks import keras_bench
-            real = keras_bench._measure
+            real = keras_bench._prepare
 
-            def _measure(mode, *args, **kwargs):
+            def _prepare(mode, *args, **kwargs):
                 if mode == "train":
                     raise RuntimeError("planted: the worker raises")
                 return real(mode, *args, **kwargs)
 
-            keras_bench._measure = _measure
+            keras_bench._prepare = _prepare
             """
         )
     )
@@ -446,8 +587,8 @@ def test_a_keras_worker_that_raises_fails_the_run(tmp_path, monkeypatch, capsys)
     assert code == 1
     assert f"[bench] FAILED: {IMPL}: RuntimeError: planted: the worker raises" in err, err
     records = by_key(json.loads((tmp_path / "r.json").read_text()))
-    assert records[("infer", 2)]["images_per_sec"] > 0  # written before the exit status
-    assert records[("train", 2)]["error"] == "RuntimeError: planted: the worker raises"
+    assert records[("infer", "pipelined", 2)]["images_per_sec"] > 0  # written before the exit
+    assert records[("train", "per-step", 2)]["error"] == "RuntimeError: planted: the worker raises"
 
 
 @pytest.mark.parametrize(
@@ -467,7 +608,10 @@ def test_only_a_framework_that_is_not_installed_counts_as_missing(
     monkeypatch.setitem(common.RESULT_SINK, "records", [])
     config_path, result_path = tmp_path / "config.json", tmp_path / "records.json"
     config_path.write_text(
-        json.dumps({**TINY, "modes": ["train"], "batch_sizes": [2], "end_to_end": False})
+        json.dumps(
+            {**TINY, "modes": ["train"], "timings": ["pipelined"], "batch_sizes": [2]}
+            | {"end_to_end": False}
+        )
     )
     assert runner._worker_main([IMPL, str(config_path), str(result_path)]) == 0
     (record,) = json.loads(result_path.read_text())

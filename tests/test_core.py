@@ -59,12 +59,16 @@ def test_bench_choices_are_the_core_vocabularies():
     vocabularies = {
         "precision": core.PRECISIONS,
         "variant": core.VARIANTS,
-        "dataset": core.DATASETS,
         "data_format": core.DATA_FORMATS,
+        "matmul_precision": core.MATMUL_PRECISIONS,
     }
     choices = {a.dest: tuple(a.choices) for a in runner.build_parser()._actions if a.choices}
     for dest, vocabulary in vocabularies.items():
         assert choices[dest] == vocabulary, dest
+    # The end-to-end epochs' data: the core's in-memory datasets, plus a synthetic set
+    # and "auto" (CIFAR-10 when on disk); an image folder needs a --data-dir bench lacks.
+    in_memory = tuple(d for d in core.DATASETS if d != "folder")
+    assert choices["dataset"] == ("auto", "synthetic", *in_memory)
     assert runner.parse_args(["--device", "cpu"]).backends == list(core.BACKENDS)
 
 

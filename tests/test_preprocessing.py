@@ -1,10 +1,17 @@
-"""On-device preprocessing: the augmentation is exactly pad-and-crop, and inference is untouched."""
+"""On-device preprocessing: augmentation is exact pad-and-crop and flips; inference untouched."""
 
 import keras
 import numpy as np
 import pytest
 
-from alexnet_k3.preprocessing import IMAGENET_MEAN, IMAGENET_STD, RandomPadCrop, input_pipeline
+from alexnet_k3 import backend
+from alexnet_k3.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomHorizontalFlip,
+    RandomPadCrop,
+    input_pipeline,
+)
 
 
 def _shift_of(original, shifted, padding):
@@ -64,3 +71,72 @@ def test_pipeline_resizes_as_torch_does(data_format, size):
 def test_bad_padding_is_refused():
     with pytest.raises(ValueError, match="padding=-1"):
         RandomPadCrop(-1)
+
+
+def _seed_states(layer):
+    return [v for v in layer.variables if "seed_generator_state" in v.path]
+
+
+def test_random_flip_mirrors_about_half_the_images_left_to_right():
+    # Each image asymmetric, so it equals its mirror image only if flipped.
+    images = np.random.default_rng(0).random((2000, 4, 5, 2)).astype("float32")
+    layer = RandomHorizontalFlip(seed=1)
+    out = keras.ops.convert_to_numpy(layer(images, training=True))
+    flipped = np.all(out == images[:, :, ::-1, :], axis=(1, 2, 3))
+    kept = np.all(out == images, axis=(1, 2, 3))
+    assert np.all(flipped ^ kept)  # every image whole, either as it was or mirrored
+    # Binomial(2000, 0.5): the share flipped has a standard deviation of 0.011.
+    assert 0.45 < flipped.mean() < 0.55
+    again = keras.ops.convert_to_numpy(layer(images, training=True))
+    assert not np.array_equal(again, out)  # a new draw each batch
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images)), images)
+
+
+def test_augmentation_layers_survive_saving_with_their_own_seed_generators(tmp_path):
+    pipeline = input_pipeline(16, augment=True)
+    model = keras.Sequential([keras.Input((16, 16, 3), dtype="uint8"), pipeline])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras").get_layer("preprocessing")
+    assert isinstance(loaded.get_layer("pad_crop"), RandomPadCrop)
+    assert isinstance(loaded.get_layer("flip"), RandomHorizontalFlip)
+    for name in ("pad_crop", "flip"):
+        kind = type(backend.seed_generator())
+        assert type(loaded.get_layer(name).seed_generator) is kind
+
+
+def test_augmentation_seeds_are_drawn_without_reading_the_device_back():
+    from keras.src.random.seed_generator import draw_seed
+
+    if backend.name() != "torch":
+        # jax and tensorflow take the seed as a tensor inside the compiled step.
+        for layer in (RandomPadCrop(2), RandomHorizontalFlip()):
+            assert type(layer.seed_generator) is keras.random.SeedGenerator
+        return
+    # "meta" stands in for a GPU as the default device: what lives there cannot
+    # be read back at all, as what lives on a GPU cannot without a wait.
+    with keras.device("meta"):
+        pipeline = input_pipeline(16, augment=True)
+    generators = [layer.seed_generator for layer in pipeline.layers if _seed_states(layer)]
+    assert len(generators) == 2  # pad-crop and flip
+    for generator in generators:
+        assert generator.state.value.device.type == "cpu"
+        before = keras.ops.convert_to_numpy(generator.state)
+        with keras.device("meta"):
+            # What Keras's torch backend does with every draw (torch_seed_generator).
+            first, second = draw_seed(generator)
+            int(first + second)
+        assert generator.state.value.device.type == "cpu"
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(generator.state), before + [0, 1])
+
+
+def test_augmentation_continues_where_a_restored_random_state_left_it():
+    # What a resumed run relies on: both layers' draws are part of the saved state.
+    images = np.random.default_rng(0).random((64, 8, 8, 3)).astype("float32") * 255
+    pipeline = input_pipeline(8, augment=True)
+    pipeline(images, training=True)
+    state = backend.random_state(pipeline)
+    first = keras.ops.convert_to_numpy(pipeline(images, training=True))
+    pipeline(images, training=True)
+    backend.set_random_state(pipeline, state)
+    again = keras.ops.convert_to_numpy(pipeline(images, training=True))
+    np.testing.assert_array_equal(again, first)

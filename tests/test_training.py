@@ -302,7 +302,7 @@ OPTION_RUNS = {
 def test_training_options_take_effect(tmp_path, monkeypatch, few_digits, name):
     from alexnet_k3 import training
     from alexnet_k3.config import TrainConfig
-    from alexnet_k3.core import DEFAULT_LEARNING_RATES
+    from alexnet_k3.core import default_learning_rate
     from alexnet_k3.evaluation import load_model
 
     settings = dict(OPTION_RUNS[name])
@@ -347,7 +347,7 @@ def test_training_options_take_effect(tmp_path, monkeypatch, few_digits, name):
     assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == steps
     schedule = optimizer._learning_rate  # the schedule object itself, not its current value
     rate = [float(keras.ops.convert_to_numpy(schedule(s))) for s in (0, 1, steps)]
-    peak = DEFAULT_LEARNING_RATES[settings["optimizer"]]
+    peak = default_learning_rate(settings["optimizer"], saved["variant"])
     if settings["warmup_epochs"]:  # linear warm-up from 0 over the epoch
         assert rate == pytest.approx([0.0, peak / steps, peak], rel=1e-5)
     else:  # cosine decay from the peak to 0 over the epoch
@@ -362,3 +362,25 @@ def test_training_options_take_effect(tmp_path, monkeypatch, few_digits, name):
     assert conv1.compute_dtype == settings["precision"].removeprefix("mixed_")
     preprocessing = [layer.name for layer in saved_model.get_layer("preprocessing").layers]
     assert ("pad_crop" in preprocessing) is settings["augment"]
+
+
+BATCH_HOOKS = ("on_batch_end", "on_train_batch_begin", "on_train_batch_end", "on_test_batch_end")
+
+
+@pytest.mark.parametrize("phase", ["train", "head", "finetune"])
+@pytest.mark.parametrize("validation", [False, True])
+def test_fit_callbacks_leave_every_step_asynchronous(tmp_path, phase, validation):
+    # A batch hook makes Keras wait for each step's logs on the host: none here.
+    from keras.src.backend import IS_THREAD_SAFE
+    from keras.src.utils.python_utils import is_default
+
+    from alexnet_k3.training import fit_callbacks
+
+    callbacks = fit_callbacks(tmp_path, phase, validation=validation, best=0.5)
+    assert len(callbacks) == 3 + validation  # guard, history, [best model], backup
+    for callback in callbacks:
+        for hook in BATCH_HOOKS:
+            assert is_default(getattr(callback, hook)), f"{type(callback).__name__}.{hook}"
+    # tensorflow's backend is not thread safe: Keras never dispatches logs asynchronously there.
+    assert keras.callbacks.CallbackList(callbacks)._async_train is IS_THREAD_SAFE
+    assert keras.callbacks.CallbackList(callbacks)._async_test is IS_THREAD_SAFE

@@ -5,11 +5,15 @@ then `backend.device_name()` and so on. What cannot be agnostic lives here, by j
 
 - `info`: the backend's name (the one `keras.config.backend()` call), versions,
   device, synchronizing before a clock stops, peak memory, freeing memory;
-- `feed`: how in-memory arrays reach `fit` (`array_feed`), and the random state
-  a resumed run restores (`random_state`, `set_random_state`);
+- `feed`: how in-memory arrays reach `fit` (`array_feed`; the benchmark's
+  `repeated_batch_feed` and `device_predict`), and the random state a resumed run
+  restores (`random_state`, `set_random_state`);
 - `speed`: the recommended compile settings, data format and precision, and
-  the process-wide tuning (`tune_for_speed`, glibc's `keep_freed_memory`);
+  the process-wide tuning (`tune_for_speed`, glibc's `keep_freed_memory`),
+  and which precisions are measured slower than float32 here (`precision_warning`);
 - `parallel`: data-parallel training (`DataParallel`, `replicas_holding`).
+- `seeds`: seed generators for random layers whose draws never wait on the
+  device (`seed_generator`: on torch, state kept on the CPU).
 
 Backend frameworks are imported lazily, inside the functions that need them.
 The modules here read the backend as `info.name()` (and `info.accelerator()`):
@@ -19,11 +23,18 @@ of the package (the names re-exported below stay the real ones).
 out-of-memory errors without importing one), re-exported for the callers here.
 """
 
-from alexnet_k3.backend.feed import array_feed, random_state, set_random_state
+from alexnet_k3.backend.feed import (
+    array_feed,
+    device_predict,
+    random_state,
+    repeated_batch_feed,
+    set_random_state,
+)
 from alexnet_k3.backend.info import (
     accelerator,
     device_name,
     free_memory,
+    gpu_versions,
     name,
     peak_memory_bytes,
     reset_peak_memory,
@@ -31,13 +42,16 @@ from alexnet_k3.backend.info import (
     versions,
 )
 from alexnet_k3.backend.parallel import DataParallel, replicas_holding
+from alexnet_k3.backend.seeds import seed_generator
 from alexnet_k3.backend.speed import (
     check_image_data_format,
     keep_freed_memory,
+    precision_warning,
     recommended_compile_kwargs,
     recommended_image_data_format,
     recommended_precision,
     runs_image_data_format,
+    set_matmul_precision,
     tune_for_speed,
 )
 from alexnet_k3.core import is_out_of_memory
@@ -46,20 +60,26 @@ __all__ = [
     "DataParallel",
     "accelerator",
     "array_feed",
+    "device_predict",
     "check_image_data_format",
     "runs_image_data_format",
     "device_name",
     "free_memory",
+    "gpu_versions",
     "is_out_of_memory",
     "keep_freed_memory",
     "name",
     "peak_memory_bytes",
+    "precision_warning",
     "random_state",
     "recommended_compile_kwargs",
     "recommended_image_data_format",
     "recommended_precision",
     "replicas_holding",
+    "repeated_batch_feed",
     "reset_peak_memory",
+    "seed_generator",
+    "set_matmul_precision",
     "set_random_state",
     "synchronize",
     "tune_for_speed",

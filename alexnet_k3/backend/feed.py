@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from alexnet_k3.backend import info
 
 
@@ -20,7 +22,9 @@ def array_feed(x, y=None, *, batch_size: int, shuffle: bool = False) -> dict:
     arrays autotunes, and deleting an autotuned iterator waits for tf.data's
     optimization thread, which wakes every 5-10 s: every epoch, validation
     pass and `predict` call ended on that tick. Measured on the 2-core CPU: a
-    30-step epoch of 10.0 s took 20.5 s, a 2.9 s predict took 5.1 s.
+    30-step epoch of 10.0 s took 20.5 s, a 2.9 s predict took 5.1 s. An
+    `np.memmap` (an image folder's cache, which may not fit in memory) stays on
+    disk: each batch is read from it as the dataset reaches it.
 
     Example:
         >>> model.fit(**array_feed(x, y, batch_size=128, shuffle=True), epochs=2)
@@ -34,14 +38,25 @@ def array_feed(x, y=None, *, batch_size: int, shuffle: bool = False) -> dict:
         return feed
     import tensorflow as tf
 
-    arrays = (tf.constant(x),) if y is None else (tf.constant(x), tf.constant(y))
+    labels = None if y is None else tf.constant(y)
     indices = tf.data.Dataset.range(len(x))
     if shuffle:
         indices = indices.shuffle(len(x), reshuffle_each_iteration=True)
+    if isinstance(x, np.memmap):
+
+        def images(i):
+            batch = tf.numpy_function(lambda rows: x[rows], [i], tf.as_dtype(x.dtype))
+            batch.set_shape((None, *x.shape[1:]))
+            return batch
+
+    else:
+        in_memory = tf.constant(x)
+
+        def images(i):
+            return tf.gather(in_memory, i)
 
     def gather(i):
-        batch = tuple(tf.gather(a, i) for a in arrays)
-        return batch if y is not None else batch[0]
+        return images(i) if y is None else (images(i), tf.gather(labels, i))
 
     batches = indices.batch(batch_size).map(gather)
     options = tf.data.Options()
@@ -52,6 +67,84 @@ def array_feed(x, y=None, *, batch_size: int, shuffle: bool = False) -> dict:
         # ignore `fit`'s default shuffle=True for a dataset.
         feed["shuffle"] = False
     return feed
+
+
+def repeated_batch_feed(x, y) -> dict:
+    """Keyword arguments for `fit(..., steps_per_epoch=n)` on one batch, repeated.
+
+    The benchmark's pipelined training: `fit` runs n steps on the same
+    device-resident batch, the way it runs a real epoch (no step waits for the
+    previous one). jax and torch: a generator yielding the batch itself, which
+    Keras's generator adapter passes through without a copy. tensorflow: a
+    `tf.data` dataset of the batch, repeated, autotuning off (see `array_feed`);
+    tf.data holds it on the host, so on a GPU each step copies it to the device,
+    as every tf.data feed does.
+
+    Example:
+        >>> model.fit(**repeated_batch_feed(x, y), steps_per_epoch=50, verbose=0)
+    """
+    if info.name() == "tensorflow":
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        dataset = tf.data.Dataset.from_tensors((x, y)).repeat().with_options(options)
+        return {"x": dataset, "shuffle": False}
+
+    def batches():
+        while True:
+            yield x, y
+
+    # shuffle=False: there is nothing to shuffle, and Keras warns that it would ignore it.
+    return {"x": batches(), "shuffle": False}
+
+
+def device_predict(model, x):
+    """`run(n)`: n inference steps on `x`, outputs kept on the device; returns the last.
+
+    What `model.predict_on_batch(x)` does, without its copy of the outputs to
+    the host after every call (`predict` copies them all at its end instead):
+    the model's own compiled `predict_function`, called n times back to back.
+    On jax the model's variables are gathered once per call into the functional
+    state `predict_function` takes, and written back after it, as `predict` does.
+
+    Example:
+        >>> logits = synchronize(device_predict(model, x)(20))
+    """
+    model.predict_on_batch(x)  # builds the model and its predict_function
+    if info.name() != "jax":
+
+        def run(steps: int):
+            outputs = None
+            for _ in range(steps):
+                outputs = model.predict_function([(x,)])
+            return outputs
+
+        return run
+
+    def run(steps: int):
+        state = model._get_jax_state(
+            trainable_variables=True,
+            non_trainable_variables=True,
+            metrics_variables=False,
+            purge_model_variables=False,
+        )
+        model._jax_state_synced = False
+        outputs = None
+        for _ in range(steps):
+            outputs, state = model.predict_function(state, iter([(x,)]))
+        # The compiled function donates the state it is given: the model's own
+        # variables now point at freed buffers until the returned state is written
+        # back, as `predict_on_batch` does.
+        trainable, non_trainable = state
+        model._jax_state = {
+            "trainable_variables": trainable,
+            "non_trainable_variables": non_trainable,
+        }
+        model.jax_state_sync()
+        return outputs
+
+    return run
 
 
 # The random state a resumed run must restore to continue as an uninterrupted one:

@@ -85,6 +85,37 @@ def tensorflow_gpu_details() -> dict:
     return tf.config.experimental.get_device_details(gpu)
 
 
+def gpu_versions() -> dict:
+    """CUDA and cuDNN versions as the active backend reports them; {} on a CPU.
+
+    torch: its CUDA build and cuDNN; jax: the CUDA runtime and cuDNN its jaxlib
+    plugin loaded; tensorflow: its build's CUDA and cuDNN. Values it cannot
+    read are left out.
+    """
+    if accelerator() != "gpu":
+        return {}
+    backend = name()
+    found = {}
+    if backend == "torch":
+        import torch
+
+        found = {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    elif backend == "jax":
+        from jax._src.lib import cuda_versions
+
+        for key, getter in (("cuda", "cuda_runtime_get_version"), ("cudnn", "cudnn_get_version")):
+            try:
+                found[key] = getattr(cuda_versions, getter)()
+            except Exception:  # noqa: BLE001 - a version jaxlib does not expose is left out
+                pass
+    else:
+        import tensorflow as tf
+
+        build = tf.sysconfig.get_build_info()
+        found = {"cuda": build.get("cuda_version"), "cudnn": build.get("cudnn_version")}
+    return {key: str(value) for key, value in found.items() if value is not None}
+
+
 def synchronize(value=None):
     """Blocks until the device has finished the work that produced `value`.
 

@@ -8,9 +8,9 @@ the measurements behind each choice.
 from __future__ import annotations
 
 import functools
-import platform
 
 from alexnet_k3.backend import info
+from alexnet_k3.core import keep_freed_memory  # noqa: F401 - re-exported; it is Keras-free
 
 
 def recommended_compile_kwargs() -> dict:
@@ -114,7 +114,90 @@ def recommended_precision() -> str:
     float32's range (no loss scaling); "float32" on CPUs and older GPUs, which
     emulate bfloat16 matmuls. Not yet measured on a GPU (none was lent when this
     was written): `alexnet-k3 bench --precision mixed_bfloat16` gives the figure.
+    Never a precision that `precision_warning` knows to be slower than float32 here.
     """
+    precision = _device_precision()
+    return "float32" if precision_warning(precision) else precision
+
+
+# Training throughput on CPUs, images/s at the precision and at float32, where the
+# precision was measured slower: `alexnet-k3 bench --modes train --baselines none`.
+# A CPU without the precision's matmul units (these cpuinfo flags) emulates it:
+# benchmarks/results/precision-cpu-2core.md (2-core AMD EPYC, AVX2 only, batch 8, 128x128).
+_NATIVE_FLAGS = {"mixed_bfloat16": {"amx_bf16", "avx512_bf16"}, "mixed_float16": {"amx_fp16"}}
+_NATIVE_NAMES = {"mixed_bfloat16": "AMX or AVX-512 BF16", "mixed_float16": "AMX-FP16"}
+_EMULATED_ON_CPU = {
+    ("torch", "mixed_bfloat16"): (1.1, 6.0),
+    ("jax", "mixed_bfloat16"): (7.0, 13.5),
+    ("tensorflow", "mixed_bfloat16"): (1.7, 5.9),
+    ("torch", "mixed_float16"): (1.8, 6.0),
+    ("jax", "mixed_float16"): (5.3, 13.5),
+    ("tensorflow", "mixed_float16"): (2.3, 5.9),
+}
+_CPU_MEASUREMENT = "2-core AMD EPYC without AMX, batch 8, 128x128"
+# jax's mixed_bfloat16 is slower even on a CPU with AMX (2-core Xeon, batch 16, 224x224).
+_ON_AMX_CPU = {("jax", "mixed_bfloat16"): (13.2, 18.0)}  # float32: about 18 (issue 18)
+_AMX_MEASUREMENT = "2-core Xeon with AMX, batch 16, 224x224"
+
+
+def precision_warning(precision: str) -> str | None:
+    """A one-line reason when `precision` is measured slower than float32 here, else None.
+
+    Known slower on a CPU (measured by `alexnet-k3 bench`, figures in the message):
+    mixed_bfloat16 on CPUs without AMX or AVX-512 BF16 and mixed_float16 on CPUs
+    without AMX-FP16, which emulate them, on every backend; jax's mixed_bfloat16
+    even with AMX. GPUs, TPUs and CPUs other than x86 on Linux: None (not
+    measured). `train` prints it as a warning, and `recommended_precision` never
+    picks such a precision.
+
+    Example:
+        >>> precision_warning("mixed_bfloat16")  # jax on an AVX2-only CPU
+        "precision='mixed_bfloat16' is slower than float32 on this CPU ..."
+    """
+    if precision == "float32" or info.accelerator() != "cpu":
+        return None
+    backend = info.name()
+    if backend == "jax":
+        import jax
+
+        if jax.default_backend() == "tpu":  # info.accelerator() says "cpu" there
+            return None
+    key, flags = (backend, precision), _cpu_flags()
+    if flags is None or precision not in _NATIVE_FLAGS:  # not an x86 CPU on Linux
+        return None
+    if flags & _NATIVE_FLAGS[precision]:
+        # Measured with AMX only (not, say, AVX-512 BF16 alone).
+        measured = _ON_AMX_CPU.get(key) if "amx_bf16" in flags else None
+        setting, why = _AMX_MEASUREMENT, "even with AMX"
+    else:
+        measured, setting = _EMULATED_ON_CPU.get(key), _CPU_MEASUREMENT
+        why = f"which has no {_NATIVE_NAMES[precision]} and emulates it"
+    if measured is None:
+        return None
+    from alexnet_k3.core import option_name  # `--precision` on the command line
+
+    return (
+        f"{option_name('precision', precision)} is slower than float32 on this CPU "
+        f"({info.cpu_name()}, {why}): keras-{backend} trained {measured[0]} images/s vs "
+        f"{measured[1]} in float32, measured on a {setting}. "
+        f"Use {option_name('precision', 'float32')} here."
+    )
+
+
+@functools.cache
+def _cpu_flags() -> frozenset | None:
+    """This x86 CPU's feature flags from Linux's /proc/cpuinfo; None where it lists none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _device_precision() -> str:
     backend = info.name()
     if info.accelerator() != "gpu":
         if backend == "jax":
@@ -146,63 +229,78 @@ def tune_for_speed(*, keep_freed: bool = True) -> dict:
 
     - torch on CUDA: `cudnn.benchmark` (autotune each convolution once per input
       shape, as timm's benchmark and training scripts do). XLA autotunes on its own.
-    - torch on a CPU, Linux with glibc, unless `keep_freed=False`:
-      `keep_freed_memory()`. jax and tensorflow measured no different with it
-      (their step times within 4%, either way), so they are left as they are.
+    - Any backend on a CPU, Linux with glibc, unless `keep_freed=False`:
+      `keep_freed_memory()`. torch gains 1.1x from it; jax and tensorflow measured
+      no different (step times within 4%, either way), and it is applied to them
+      too so that every process of a comparison runs under the same allocator
+      (`alexnet-k3 bench` applies the same call to its torchvision baselines).
 
     Returns:
         What was applied, for the run's records: `{"cudnn_benchmark": bool,
         "keep_freed_memory": bool}`.
     """
     applied = {"cudnn_benchmark": False, "keep_freed_memory": False}
-    if info.name() != "torch":
-        return applied
-    import torch
+    if info.name() == "torch":
+        import torch
 
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-        applied["cudnn_benchmark"] = True
-    elif keep_freed:
+        if torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
+            applied["cudnn_benchmark"] = True
+    if keep_freed and info.accelerator() == "cpu":
         applied["keep_freed_memory"] = keep_freed_memory()
     return applied
 
 
-# glibc's mallopt parameters (malloc.h). Left alone, glibc raises its mmap
-# threshold each time a mapped block of up to 32 MiB is freed, and its trim
-# threshold to twice that: a training process settles at these.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_GLIBC_SETTLED_MMAP_THRESHOLD = 32 * 1024 * 1024
-_LARGEST_THRESHOLD = 2**31 - 1  # mallopt takes a C int
+def set_matmul_precision(precision: str = "default") -> dict:
+    """How float32 matmuls and convolutions run on a GPU: TF32 tensor cores or full float32.
 
+    Args:
+        precision: one of `alexnet_k3.core.MATMUL_PRECISIONS`. "default" leaves
+            the framework's own default: torch runs float32 matmuls in full
+            float32 (`torch.backends.cuda.matmul.allow_tf32` is False) and cuDNN
+            convolutions in TF32 (`torch.backends.cudnn.allow_tf32` is True);
+            tensorflow runs both in TF32
+            (`tf.config.experimental.enable_tensor_float_32_execution`); jax
+            leaves XLA's default precision, which is TF32 for both on GPUs with
+            TF32 tensor cores. "highest": full float32 for both on every
+            framework; "high": TF32 for both.
 
-def keep_freed_memory(enabled: bool = True) -> bool:
-    """Let glibc's malloc reuse freed large blocks instead of returning them to the OS.
-
-    By default glibc serves every block over 32 MiB (at most) with a fresh `mmap`
-    and gives it back on free. A CPU training step frees and re-allocates the
-    same large buffers every step (AlexNet's first dense layer alone has a
-    151 MB gradient), so each step pays a page fault per 4 KiB page of them:
-    measured on the 2-core Xeon, the [9216, 4096] weight gradient took 37 ms
-    with a fresh buffer and 7 ms with a reused one, and whole training steps
-    (batch 16, 224x224) ran 1.12-1.13x faster in fresh processes taking
-    turns (`benchmarks/settings_ab.py --malloc`): Keras on torch 378 -> 337 ms,
-    torchvision's own eager AlexNet 345 -> 305 ms. Raising `M_MMAP_THRESHOLD`
-    and `M_TRIM_THRESHOLD` to their maximum makes malloc keep and reuse that
-    memory. The cost: the process's resident memory stays at its peak until it
-    exits. Plain PyTorch code gains the same by calling this function.
-
-    `enabled=False` sets the thresholds glibc's own rule settles at in a
-    training process (mmap 32 MiB, trim 64 MiB). Returns whether the setting
-    was applied (False off Linux/glibc, where this does nothing).
+    Returns:
+        `{"tf32_matmul": bool, "tf32_conv": bool}` as the process now runs, or
+        both None on a CPU (no TF32 there; float32 is float32).
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    import ctypes
+    from alexnet_k3.core import MATMUL_PRECISIONS
 
-    libc = ctypes.CDLL("libc.so.6")
-    mmap_threshold = _LARGEST_THRESHOLD if enabled else _GLIBC_SETTLED_MMAP_THRESHOLD
-    trim_threshold = _LARGEST_THRESHOLD if enabled else 2 * _GLIBC_SETTLED_MMAP_THRESHOLD
-    return bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold))
-        and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim_threshold))
-    )
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"matmul precision must be one of {MATMUL_PRECISIONS}, received {precision!r}."
+        )
+    backend = info.name()
+    tf32 = None if precision == "default" else precision == "high"
+    if backend == "torch":
+        import torch
+
+        if tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+        state = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    elif backend == "jax":
+        import jax
+
+        if tf32 is not None:
+            value = "tensorfloat32" if tf32 else "float32"
+            jax.config.update("jax_default_matmul_precision", value)
+        chosen = jax.config.jax_default_matmul_precision
+        # None: XLA's default, TF32 on GPUs that have it.
+        on = chosen is None or chosen in ("tensorfloat32", "high", "default", "bfloat16")
+        state = (on, on)
+    else:
+        import tensorflow as tf
+
+        if tf32 is not None:
+            tf.config.experimental.enable_tensor_float_32_execution(tf32)
+        on = tf.config.experimental.tensor_float_32_execution_enabled()
+        state = (on, on)
+    if info.accelerator() != "gpu":
+        return {"tf32_matmul": None, "tf32_conv": None}
+    return {"tf32_matmul": bool(state[0]), "tf32_conv": bool(state[1])}

@@ -93,7 +93,20 @@ def load_cifar10(data_dir=None) -> Dataset:
 # --------------------------------------------------------------------------- finding
 
 
-def _locate_cifar10(data_dir) -> Path:
+def cifar10_on_disk(data_dir=None) -> bool:
+    """Whether `load_cifar10(data_dir)` would find a copy without downloading one.
+
+    Example:
+        >>> cifar10_on_disk()  # before the first download
+        False
+    """
+    try:
+        return _locate_cifar10(data_dir, download=False) is not None
+    except (DatasetError, DatasetNotFoundError):
+        return False
+
+
+def _locate_cifar10(data_dir, *, download: bool = True) -> Path | None:
     if data_dir is not None:
         return _user_source(data_dir, option_name("data_dir", str(data_dir)))
     env = os.environ.get(DATA_ENV_VAR)
@@ -108,7 +121,7 @@ def _locate_cifar10(data_dir) -> Path:
         if (datasets_dir / rel).is_file():
             _check_md5(datasets_dir / rel)
             return datasets_dir / rel
-    return _download(datasets_dir)
+    return _download(datasets_dir) if download else None
 
 
 def _user_source(value, origin: str) -> Path:
