@@ -155,7 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("model", help="a model.keras written by `alexnet-k3 train`")
     evaluate.add_argument("--dataset", choices=DATASETS, default="digits")
-    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--data-dir", help="CIFAR-10's folder or tarball, or the image folder")
+    evaluate.add_argument(
+        "--test-split",
+        type=_arg_type("open_fraction"),
+        help="folder without train/test subfolders: share held out for testing (default: "
+        "the training run's, from config.json beside the model, else 0.2)",
+    )
+    evaluate.add_argument(
+        "--strict",
+        action="store_true",
+        help="folder: stop at a file that is not a readable image instead of skipping it",
+    )
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--out", help="folder for metrics.json, report.md and plots")
     add_download_options(evaluate)
@@ -286,7 +297,13 @@ def _evaluate(args) -> int:
     from alexnet_k3.evaluation import evaluate
 
     metrics = evaluate(
-        args.model, args.dataset, data_dir=args.data_dir, batch_size=args.batch_size, out=args.out
+        args.model,
+        args.dataset,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        out=args.out,
+        test_split=args.test_split,
+        strict=args.strict,
     )
     trained = metrics.get("trained_on_backend")
     origin = f" (trained on {trained})" if trained else ""

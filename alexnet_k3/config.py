@@ -62,6 +62,7 @@ KINDS = {
         float, lambda v: _is_number(v) and 0 <= v < _INF, "a finite number >= 0"
     ),
     "fraction": Kind(float, lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "open_fraction": Kind(float, lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "bool": Kind(None, lambda v: isinstance(v, bool), "True or False"),
     "str": Kind(str, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "jit": Kind(
@@ -87,7 +88,19 @@ class TrainConfig:
 
     dataset: str = option("digits", "dataset to train and test on", choices=DATASETS)
     data_dir: str | None = option(
-        None, "CIFAR-10 folder or tarball (default: ALEXNET_K3_DATA, then the Keras cache)"
+        None,
+        "cifar10: its folder or tarball (default: ALEXNET_K3_DATA, then the Keras cache); "
+        "folder: the image folder, PATH/<class>/<image> or PATH/{train,test}/<class>/<image>",
+    )
+    test_split: float = option(
+        0.2,
+        "folder without train/test subfolders: share of each class held out for testing",
+        kind="open_fraction",
+    )
+    strict: bool = option(
+        False,
+        "folder: stop at a file that is not a readable image instead of skipping it",
+        kind="bool",
     )
     variant: str = option("cifar", "AlexNet variant", choices=VARIANTS)
     image_size: int | None = option(
@@ -194,6 +207,10 @@ class TrainConfig:
             )
         if self.devices is not None and not self.data_parallel:
             self._bad("devices", "None unless data_parallel=True")
+        if self.dataset != "folder":
+            for name in ("test_split", "strict"):
+                if getattr(self, name) != TrainConfig.__dataclass_fields__[name].default:
+                    self._bad(name, "its default unless dataset='folder' (it sets folder splits)")
         if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
             # Refused here, not by an allocator after minutes: 10000 asked for 819 GB.
             self._bad("image_size", f"at most {MAX_IMAGE_SIZE} (AlexNet is trained at 224)")

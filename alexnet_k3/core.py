@@ -29,7 +29,7 @@ from pathlib import Path
 # --- Option vocabularies ------------------------------------------------------------
 
 BACKENDS = ("torch", "tensorflow", "jax")
-DATASETS = ("digits", "cifar10")
+DATASETS = ("digits", "cifar10", "folder")
 # The AlexNet variants (`alexnet_k3.model.VARIANTS` holds their configurations).
 VARIANTS = ("torchvision", "paper", "cifar")
 # Weight initialization: torch's nn.Conv2d/nn.Linear defaults, or Keras's (Glorot).

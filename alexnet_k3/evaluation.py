@@ -126,16 +126,31 @@ def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
     return metrics
 
 
-def evaluate(model, dataset="digits", *, data_dir=None, batch_size=256, out=None) -> dict:
+def evaluate(
+    model,
+    dataset="digits",
+    *,
+    data_dir=None,
+    batch_size=256,
+    out=None,
+    test_split=None,
+    strict=False,
+) -> dict:
     """Evaluates a trained model on a dataset's whole test split, on the active backend.
 
     Args:
         model: a `keras.Model` or the path of a `.keras` file from `alexnet-k3 train`
             (trained on any backend).
-        dataset: "digits" or "cifar10".
-        data_dir: where CIFAR-10 lies (see `alexnet_k3.datasets.load_cifar10`).
+        dataset: "digits", "cifar10" or "folder".
+        data_dir: where CIFAR-10 lies (see `alexnet_k3.datasets.load_cifar10`), or the
+            image folder (see `alexnet_k3.datasets.load_folder`; its images are cached
+            at the model's input size; default: the training run's folder).
         batch_size: images per prediction batch.
         out: folder for `metrics.json`, `report.md` and the plots; None writes nothing.
+        test_split: folder without train/test subfolders: the share held out for
+            testing (default: the training run's, saved beside the model, else 0.2;
+            the run's seed is used too, so the test images are the run's).
+        strict: folder: stop at a file that is not a readable image.
 
     Returns:
         The metrics dict (see `evaluate_arrays`), with `backend`, `dataset` and `model`.
@@ -145,20 +160,22 @@ def evaluate(model, dataset="digits", *, data_dir=None, batch_size=256, out=None
         >>> sorted(metrics["per_class_accuracy"])[:3]
         ['0', '1', '2']
     """
+    folder = {"test_split": test_split, "strict": strict}
     if out is None:
-        return _evaluate(model, dataset, data_dir, batch_size, None)
+        return _evaluate(model, dataset, data_dir, batch_size, None, folder)
     # One writer per folder; and never over another run's results.
     runs.claim_for_evaluation(Path(out))
     with runs.lock(Path(out), "evaluate"):
         runs.claim_for_evaluation(Path(out))
-        return _evaluate(model, dataset, data_dir, batch_size, Path(out))
+        return _evaluate(model, dataset, data_dir, batch_size, Path(out), folder)
 
 
-def _evaluate(model, dataset, data_dir, batch_size, out) -> dict:
-    source = str(model) if not isinstance(model, keras.Model) else model.name
-    if not isinstance(model, keras.Model):
-        model = load_model(model)
-    data = datasets.load_dataset(dataset, data_dir=data_dir)
+def _evaluate(model, dataset, data_dir, batch_size, out, folder) -> dict:
+    path = None if isinstance(model, keras.Model) else str(model)
+    source = path or model.name
+    if path is not None:
+        model = load_model(path)
+    data = _load_data(model, path, dataset, data_dir, folder)
     metrics = evaluate_arrays(model, data.x_test, data.y_test, data.class_names, batch_size)
     metrics.update(
         backend=backend.name(),
@@ -167,7 +184,7 @@ def _evaluate(model, dataset, data_dir, batch_size, out) -> dict:
         dataset=dataset,
         model=source,
     )
-    trained = _training_metrics_beside(source)
+    trained = _json_beside(path, "metrics.json")
     for key in ("variant", "mode", "epochs", "image_size", "weights", "precision"):
         if key in trained:
             metrics[key] = trained[key]
@@ -180,10 +197,46 @@ def _evaluate(model, dataset, data_dir, batch_size, out) -> dict:
     return metrics
 
 
-def _training_metrics_beside(model_path: str) -> dict:
-    """The training run's metrics.json next to a model file, if there is one."""
-    path = Path(model_path).with_name("metrics.json")
+def _load_data(model, path: str | None, dataset: str, data_dir, folder: dict):
+    """The test data; a folder cached at the model's input side, split as its run was
+    (the run's config.json beside the model file at `path`, if any)."""
+    if dataset == "folder":
+        saved = _json_beside(path, "config.json")
+        if saved.get("dataset") != "folder":
+            saved = {}
+        test_split = folder["test_split"] or saved.get("test_split", 0.2)
+        seed = saved.get("seed", 0)
+        if type(seed) is not int or seed < 0:  # config.json is a file: checked before use
+            raise ValueError(
+                f"{Path(path).with_name('config.json')} holds seed={seed!r}, expected an "
+                "integer >= 0: it is damaged. Restore it, or train again."
+            )
+        data = datasets.load_dataset(
+            "folder",
+            data_dir=data_dir or saved.get("data_dir"),
+            image_size=int(model.inputs[0].shape[1]),
+            test_split=test_split,
+            seed=seed,
+            strict=folder["strict"],
+        )
+    else:
+        data = datasets.load_dataset(dataset, data_dir=data_dir)
+    names = runs.saved_class_names(path) if path is not None else None
+    if names is not None and list(data.class_names) != names:
+        raise datasets.DatasetError(
+            f"The model {path} was trained on the classes {names}, but the test data has "
+            f"{list(data.class_names)}. Evaluate it on data with the same class folders "
+            "(or the dataset it was trained on)."
+        )
+    return data
+
+
+def _json_beside(model_path: str | None, name: str) -> dict:
+    """The JSON object in file `name` beside a model file ({} where there is none)."""
+    if model_path is None:
+        return {}
     try:
-        return json.loads(path.read_text())
+        value = json.loads(Path(model_path).with_name(name).read_text())
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}

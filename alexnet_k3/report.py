@@ -183,18 +183,22 @@ def _per_class_figure(metrics: dict):
 
 
 def _samples_figure(names, model, data, count: int = 25, columns: int = 5):
-    """The first test images with predicted / true class, green when right."""
+    """`count` test images, spread evenly over the test set (an image folder's is in
+    class order), with predicted / true class, green when right."""
     import matplotlib.pyplot as plt
 
     count = min(count, len(data.x_test))
-    images = data.x_test[:count]
+    chosen = np.linspace(0, len(data.x_test) - 1, count).round().astype(int)
+    images = np.asarray(data.x_test[chosen])
     predicted = np.asarray(model.predict_on_batch(images)).argmax(axis=1)
     rows = math.ceil(count / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows))
-    for ax, image, true, guess in zip(np.ravel(axes), images, data.y_test[:count], predicted):
+    for ax, image, true, guess in zip(np.ravel(axes), images, data.y_test[chosen], predicted):
         ax.imshow(image)
         ok = guess == true
-        ax.set_title(f"{names[guess]} / {names[true]}", color="green" if ok else "red", fontsize=8)
+        # Folder class names can be long: cut so that titles never overlap.
+        title = f"{names[guess][:14]} / {names[true][:14]}"
+        ax.set_title(title, color="green" if ok else "red", fontsize=8)
         ax.axis("off")
     for ax in np.ravel(axes)[count:]:
         ax.axis("off")

@@ -4,7 +4,9 @@ A run folder is either one `train` wrote (its `config.json` first) or it is
 refused: nothing from an unrecognised folder (an old history, best score or
 model) is ever adopted as a new run's. One process at a time writes a folder
 (`lock`), and `evaluate --out` never writes over a training run's results
-(`claim_for_evaluation`). Keras-free, like the config it reads.
+(`claim_for_evaluation`). A run's data is loaded here too (`load_data`, which
+saves its class names beside the model) and split (`split`, `check_split`).
+Keras-free, like the config it reads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+import numpy as np
 
 from alexnet_k3.config import TrainConfig
 from alexnet_k3.core import (
@@ -31,7 +35,18 @@ except ImportError:  # Windows: folders are not locked there
     fcntl = None
 
 # What `train` writes besides config.json.
-RUN_FILES = ("history.json", "history.csv", "metrics.json", "model.keras", "report.md", "state")
+RUN_FILES = (
+    "history.json",
+    "history.csv",
+    "metrics.json",
+    "model.keras",
+    "report.md",
+    "state",
+    "class_names.json",
+)
+# The model's class names, beside model.keras: what `evaluate` and `predict` call each
+# output (an image folder's class names exist nowhere else).
+CLASS_NAMES_FILE = "class_names.json"
 
 
 LOCK_FILE = ".lock"
@@ -284,6 +299,76 @@ def mark_diverged(out: Path, epoch: int, loss: float, learning_rate: float) -> T
         },
     )
     return TrainingDiverged(message)
+
+
+def abandon(out: Path) -> None:
+    """Removes what a start that failed before its first epoch wrote, freeing `out`."""
+    for name in ("config.json", CLASS_NAMES_FILE):
+        (Path(out) / name).unlink(missing_ok=True)
+
+
+def load_data(out: Path, config: TrainConfig, variants: dict):
+    """The run's `Dataset`, its class names saved beside the model (`save_class_names`).
+
+    An image folder is decoded at `cache_side` of the network's input side (the
+    `image_size`, else the variant's default in `variants`, `model.VARIANTS`), and
+    split by the run's `test_split` and `seed`.
+    """
+    from alexnet_k3 import datasets  # numpy only, but not needed to parse a command line
+
+    options = {}
+    if config.dataset == "folder":
+        side = config.image_size or variants[config.variant].default_size
+        options = {"image_size": datasets.folder.cache_side(side), "seed": config.seed}
+        options.update(test_split=config.test_split, strict=config.strict)
+    data = datasets.load_dataset(config.dataset, data_dir=config.data_dir, **options)
+    save_class_names(out, data.class_names)
+    return data
+
+
+def save_class_names(out: Path, class_names) -> None:
+    """Writes the run's class names (`RUN/class_names.json`, a JSON list) beside its model."""
+    atomic_write_json(Path(out) / CLASS_NAMES_FILE, list(class_names), indent=1)
+
+
+def saved_class_names(model_path) -> list[str] | None:
+    """The class names saved beside a model file (None where there are none).
+
+    Example:
+        >>> saved_class_names("runs/photos/model.keras")  # doctest: +SKIP
+        ['cat', 'dog']
+    """
+    path = Path(model_path).with_name(CLASS_NAMES_FILE)
+    if not path.is_file():
+        return None
+    names = read_json(path, "It names the model's classes: restore it, or train again.", list)
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path} must hold a JSON list of class names; received {names!r}.")
+    return names
+
+
+def split(x, y, config: TrainConfig, replicas: int = 1):
+    """Holds out the last `validation_split` of a seeded shuffle, one-hot encoding the labels.
+
+    With several replicas both parts are trimmed to a multiple of their number
+    (at most `replicas - 1` images each), so every batch, the last one included,
+    splits evenly across the devices.
+    """
+    num_classes = int(y.max()) + 1
+    order = np.random.default_rng(config.seed).permutation(len(x))
+    n_val = int(round(len(x) * config.validation_split))
+    n_val -= n_val % replicas
+    n_train = len(x) - n_val
+    n_train -= n_train % replicas
+    train_idx, val_idx = order[:n_train], order[len(x) - n_val :]
+    onehot = np.eye(num_classes, dtype="float32")
+    if isinstance(x, np.memmap) and n_train == len(x):
+        # An image folder's cache, which may not fit in memory: trained on as it is
+        # (`fit` shuffles every epoch), not copied in a shuffled order.
+        return (x, onehot[y]), None
+    train = (x[train_idx], onehot[y[train_idx]])
+    validation = (x[val_idx], onehot[y[val_idx]]) if n_val else None
+    return train, validation
 
 
 def check_split(n_train: int, n_val: int, total: int, num_classes: int, config) -> None:

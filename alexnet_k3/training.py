@@ -14,9 +14,8 @@ import shutil
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from alexnet_k3 import backend, datasets, runs
+from alexnet_k3 import backend, runs
 from alexnet_k3.callbacks import (
     BestModelCheckpoint,
     DivergenceGuard,
@@ -29,7 +28,7 @@ from alexnet_k3.core import atomic_save, default_learning_rate
 from alexnet_k3.model import VARIANTS, build_classifier, weights_checksum
 
 # Mirrored digits are other symbols; mirrored photos are still the same class.
-FLIP_AUGMENTATION = {"cifar10": True, "digits": False}
+FLIP_AUGMENTATION = {"cifar10": True, "digits": False, "folder": True}
 
 
 def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dict:
@@ -96,7 +95,7 @@ def _train(out: Path, resume: bool, verbose, settings: dict) -> dict:
         # Failed before finishing one epoch (weights missing, no data, ...): nothing to
         # resume, so free the folder for a corrected start with the same `out`.
         if not resume and not (out / "history.json").exists():
-            (out / "config.json").unlink(missing_ok=True)
+            runs.abandon(out)
         raise
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
@@ -142,10 +141,10 @@ def _data_parallel(config: TrainConfig):
 def _run(out: Path, config: TrainConfig, verbose) -> dict:
     keras.utils.set_random_seed(config.seed)
     speed_settings = backend.tune_for_speed(keep_freed=config.keep_freed_memory)
-    data = datasets.load_dataset(config.dataset, data_dir=config.data_dir)
+    data = runs.load_data(out, config, VARIANTS)  # and its class names saved beside the model
     parallel = _data_parallel(config)
     replicas = parallel.num_replicas if parallel else 1
-    (x_train, y_train), validation = _split(data.x_train, data.y_train, config, replicas)
+    (x_train, y_train), validation = runs.split(data.x_train, data.y_train, config, replicas)
     n_val = 0 if validation is None else len(validation[0])
     runs.check_split(len(x_train), n_val, len(data.x_train), y_train.shape[1], config)
 
@@ -278,26 +277,6 @@ def _validation_feed(validation, batch_size: int):
         return None
     feed = backend.array_feed(*validation, batch_size=batch_size)
     return (feed["x"], feed["y"]) if "y" in feed else feed["x"]
-
-
-def _split(x, y, config: TrainConfig, replicas: int = 1):
-    """Holds out the last `validation_split` of a seeded shuffle, one-hot encoding the labels.
-
-    With several replicas both parts are trimmed to a multiple of their number
-    (at most `replicas - 1` images each), so every batch, the last one included,
-    splits evenly across the devices.
-    """
-    num_classes = int(y.max()) + 1
-    order = np.random.default_rng(config.seed).permutation(len(x))
-    n_val = int(round(len(x) * config.validation_split))
-    n_val -= n_val % replicas
-    n_train = len(x) - n_val
-    n_train -= n_train % replicas
-    train_idx, val_idx = order[:n_train], order[len(x) - n_val :]
-    onehot = np.eye(num_classes, dtype="float32")
-    train = (x[train_idx], onehot[y[train_idx]])
-    validation = (x[val_idx], onehot[y[val_idx]]) if n_val else None
-    return train, validation
 
 
 def _set_features_trainable(model: keras.Model, trainable: bool) -> None:

@@ -78,7 +78,8 @@ def test_vocabularies_name_what_the_package_has():
 
     assert tuple(VARIANTS) == core.VARIANTS
     for name in core.DATASETS:
-        if name != "cifar10":  # needs files; its loader is tested in test_datasets
+        # cifar10 and folder need files; their loaders are tested in test_datasets, test_folder.
+        if name not in ("cifar10", "folder"):
             assert datasets.load_dataset(name).name == name
 
 
@@ -102,7 +103,7 @@ def test_every_train_setting_is_a_cli_option_with_the_field_name_as_dest():
         ({"seed": 1.5}, "seed"),
         ({"augment": "yes"}, "augment"),
         ({"jit_compile": 1}, "jit_compile"),
-        ({"dataset": "mnist"}, r"one of \('digits', 'cifar10'\)"),
+        ({"dataset": "mnist"}, r"one of \('digits', 'cifar10', 'folder'\)"),
     ],
 )
 def test_config_validation_names_the_setting_and_the_value(settings, message):

@@ -91,7 +91,7 @@ def test_official_constants():
     assert datasets.DATASETS is core.DATASETS
     assert sorted(datasets.__all__) == sorted(
         ["CIFAR10_MD5", "CIFAR10_URL", "DATASETS", "DATA_ENV_VAR", "Dataset", "DatasetError"]
-        + ["DatasetNotFoundError", "load_cifar10", "load_dataset", "load_digits"]
+        + ["DatasetNotFoundError", "load_cifar10", "load_dataset", "load_digits", "load_folder"]
     )
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import tomllib
 from cifar_files import write_cifar10
+from folder_files import CLASSES, write_photo_folder
 from readme_snippets import python_blocks, run_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +183,7 @@ def test_readme_cli_commands(tmp_path, run_cli):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     data = write_cifar10(tmp_path / "cifar", n_train=40, n_test=20, as_tarball=True)
+    write_photo_folder(tmp_path / "photos", per_class=5)  # --data-dir photos
     checkpoint = tmp_path / "random-alexnet.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), checkpoint)
@@ -237,6 +239,9 @@ def test_readme_cli_commands(tmp_path, run_cli):
             assert table.count("\n") == 2 + len(argv) - 4
         else:
             pytest.fail(f"no check for README command {argv}")
+        if "folder" in argv and "--out" in argv:
+            metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
+            assert metrics["class_names"] == list(CLASSES) and metrics["dataset"] == "folder"
     assert ran >= 8
 
 

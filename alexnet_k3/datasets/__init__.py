@@ -1,6 +1,7 @@
-"""Datasets: CIFAR-10 (local copy, Keras cache or download) and scikit-learn's digits.
+"""Datasets: CIFAR-10 (local copy, Keras cache or download), scikit-learn's digits, folders.
 
-Both loaders return a `Dataset` of uint8 images `(N, 32, 32, 3)` and int64 labels, so
+The loaders return a `Dataset` of uint8 images `(N, H, W, 3)` (32x32 for CIFAR-10 and
+the digits, the cache size for image folders) and int64 labels, so
 the rest of the package never needs to know where the pixels came from. This package is
 backend-agnostic: numpy only; the download is the package's own Keras-free
 `alexnet_k3.downloads`, and scikit-learn is imported lazily for the digits.
@@ -40,6 +41,8 @@ The modules, one job each:
     cifar10_batches  what CIFAR-10's files must hold, checked.
     unpickler        the restricted unpickler, for any pickled data file.
     digits           scikit-learn's digits.
+    folder           image folders (torchvision's ImageFolder layout): scan, split, cache.
+    decode           Pillow decoding of one image, and of many on every core.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from alexnet_k3.core import DATASETS
 from alexnet_k3.datasets.base import Dataset, DatasetError, DatasetNotFoundError
 from alexnet_k3.datasets.cifar10 import CIFAR10_MD5, CIFAR10_URL, DATA_ENV_VAR, load_cifar10
 from alexnet_k3.datasets.digits import load_digits
+from alexnet_k3.datasets.folder import load_folder
 
 __all__ = [
     "CIFAR10_MD5",
@@ -60,20 +64,26 @@ __all__ = [
     "load_cifar10",
     "load_dataset",
     "load_digits",
+    "load_folder",
 ]
 
 
-def load_dataset(name: str, data_dir=None) -> Dataset:
+def load_dataset(name: str, data_dir=None, **folder_options) -> Dataset:
     """Loads a dataset by name.
 
     Args:
-        name: one of `DATASETS`: "digits" or "cifar10".
-        data_dir: CIFAR-10 only; see `load_cifar10`.
+        name: one of `DATASETS`: "digits", "cifar10" or "folder".
+        data_dir: CIFAR-10's folder or tarball (see `load_cifar10`), or the image
+            folder (see `load_folder`).
+        **folder_options: "folder" only: `load_folder`'s `image_size` (required),
+            `test_split`, `seed`, `strict`, `workers`, `cache_dir`.
 
     Example:
         >>> load_dataset("digits").x_train.shape
         (1437, 32, 32, 3)
     """
+    if name == "folder":
+        return load_folder(data_dir, **folder_options)
     if name == "cifar10":
         return load_cifar10(data_dir)
     if name == "digits":

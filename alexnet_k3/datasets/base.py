@@ -27,8 +27,10 @@ class Dataset:
     wrong fails here, with the split named, rather than later inside training.
 
     Attributes:
-        name: "cifar10" or "digits".
-        x_train: uint8 images, shape `(N, 32, 32, 3)`, channels last, values 0..255.
+        name: "cifar10", "digits" or "folder".
+        x_train: uint8 images, shape `(N, H, W, 3)` (32x32 for CIFAR-10 and the digits),
+            channels last, values 0..255; an image folder's may be a read-only
+            `np.memmap` of its cache.
         y_train: int64 labels, shape `(N,)`, values `0..len(class_names) - 1`.
         x_test: like `x_train`.
         y_test: like `y_train`.
