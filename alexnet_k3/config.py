@@ -178,7 +178,7 @@ class TrainConfig:
     )
     keep_freed_memory: bool = option(
         True,
-        "torch on a CPU (Linux, glibc): keep freed memory for reuse instead of returning it "
+        "on a CPU (Linux, glibc): keep freed memory for reuse instead of returning it "
         "to the OS (alexnet_k3.backend.keep_freed_memory, about 1.1x faster steps; the "
         "process keeps its peak memory). A process-wide setting",
         kind="bool",

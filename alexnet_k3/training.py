@@ -56,7 +56,7 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             `backend.recommended_image_data_format()`, channels_first on torch),
             `data_parallel` (split each batch across `devices` local devices, all
             by default: jax and tensorflow backends; see `backend.DataParallel`),
-            `keep_freed_memory` (torch on a CPU: `backend.keep_freed_memory()`, a
+            `keep_freed_memory` (on a CPU: `backend.keep_freed_memory()`, a
             process-wide glibc setting, on by default; recorded in `metrics.json`).
 
     Returns:
