@@ -35,6 +35,7 @@ missing one becomes a reported error, not a crash of the parent.
 
 from __future__ import annotations
 
+import sys
 import time
 
 from alexnet_k3.core import JIT_SETTINGS, freed_memory_kept
@@ -55,6 +56,11 @@ def run(impl: str, config: dict) -> list[dict]:
     if config["device"] == "gpu" and kb.accelerator() != "gpu":
         return common.error_records(impl, config, f"no GPU visible to {wanted}")
 
+    # The package's measured rule for this backend and device (mixed precision on a
+    # CPU without AMX); the parent relays `[bench]` lines.
+    slower = kb.precision_warning(config["precision"])
+    if slower:
+        print(f"[bench] {impl}: warning: {slower}", file=sys.stderr, flush=True)
     shared = process_settings(config)
     data_format = config.get("data_format", "recommended")
     if data_format == "recommended":

@@ -65,9 +65,6 @@ def main(argv: list[str] | None = None) -> int:
             report.refresh_readme(args.readme, args.from_json)
         return code
     config = worker_config(args)
-    warning = precision_warning(args.precision, args.device)
-    if warning:
-        print(f"[bench] warning: {warning}", file=sys.stderr)
     impls = [b for b in common.BASELINE_IMPLS if b in args.baselines]
     impls += [f"keras-{b}" for b in args.backends]
     measured = []
@@ -91,29 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] nothing was measured", file=sys.stderr)
         return 1
     return 1 if failed else 0
-
-
-def precision_warning(precision: str, device: str) -> str | None:
-    """The package's measured warning when `precision` is slower than float32 here.
-
-    `alexnet_k3.backend.precision_warning` needs Keras (it reads the backend), which
-    this process never imports, so a small worker process asks it; None when that
-    cannot run (no Keras installed: the baselines alone have no such rule).
-    """
-    if precision == "float32" or device != "cpu":
-        return None
-    code = (
-        "from alexnet_k3 import backend; "
-        f"print(backend.precision_warning({precision!r}) or '', end='')"
-    )
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 # Errors that are results, not failures, besides "oom" (the batch did not fit): the

@@ -217,6 +217,13 @@ def test_cpu_end_to_end_set_times_at_least_twenty_steps():
         runner.parse_args(["--device", "cpu", "--e2e-epochs", "1"])
 
 
+def test_worker_warns_of_a_precision_measured_slower(monkeypatch, capsys):
+    monkeypatch.setattr(kb, "precision_warning", lambda precision: f"{precision} is slow here")
+    config = {**TINY, "modes": [], "end_to_end": False, "precision": "mixed_bfloat16"}
+    assert keras_bench.run(IMPL, config) == []
+    assert f"[bench] {IMPL}: warning: mixed_bfloat16 is slow here" in capsys.readouterr().err
+
+
 def test_out_of_memory_classification():
     # One classifier: the backend's is core's, which the torchvision worker uses too.
     assert kb.is_out_of_memory is core.is_out_of_memory
