@@ -20,6 +20,7 @@ _LAZY = {
     "train": "alexnet_k3.training",
     "evaluate": "alexnet_k3.evaluation",
     "load_model": "alexnet_k3.evaluation",
+    "predict": "alexnet_k3.prediction",
     "datasets": "alexnet_k3.datasets",
 }
 

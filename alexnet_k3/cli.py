@@ -1,4 +1,4 @@
-"""`alexnet-k3`: train, evaluate, convert, compare and bench from the command line.
+"""`alexnet-k3`: train, evaluate, predict, convert, compare and bench from the command line.
 
 The backend (`--backend` or KERAS_BACKEND) must be chosen before Keras is
 imported, so this module parses the arguments first and imports Keras (through
@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from alexnet_k3 import core
+from alexnet_k3 import commands, core
 from alexnet_k3.config import KINDS, TrainConfig
 from alexnet_k3.core import BACKENDS, DATASETS, JIT_SETTINGS
 from alexnet_k3.runs import TrainingDiverged
@@ -171,6 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="folder for metrics.json, report.md and plots")
     add_download_options(evaluate)
 
+    predict = with_backend(
+        commands.add_parser("predict", help="top classes of images: a trained model or ImageNet's")
+    )
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="MODEL_OR_IMAGE",
+        help="a model.keras from `alexnet-k3 train`, then image files or folders (walked); "
+        "with --weights, image files or folders only",
+    )
+    predict.add_argument(
+        "--weights",
+        help="predict with torchvision's AlexNet instead of a model.keras: 'imagenet', a "
+        "torchvision .pth file or a .weights.h5 from `alexnet-k3 convert`",
+    )
+    predict.add_argument("--top", type=_positive_int, default=5, help="classes per image")
+    predict.add_argument("--out", help="also write the predictions to FILE.csv or FILE.json")
+    predict.add_argument("--batch-size", type=_positive_int, default=32)
+    add_download_options(predict, cifar10=False)
+
     convert = with_backend(
         commands.add_parser(
             "convert",
@@ -221,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "backend", None):
             _select_backend(args.backend)
         _check_backend_installed(args.command)
-        return COMMANDS[args.command](args)
+        return commands.BY_NAME[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -272,68 +292,6 @@ def _check_backend_installed(command: str) -> None:
         )
 
 
-def _train(args) -> int:
-    from alexnet_k3 import backend
-    from alexnet_k3.training import train
-
-    # Exactly the options given: train() fills in TrainConfig's defaults, and a
-    # resumed run refuses any that contradicts its saved settings.
-    settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    defaults = TrainConfig()
-    dataset = settings.get("dataset", defaults.dataset)
-    variant = settings.get("variant", defaults.variant)
-    out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
-    verbose = "auto" if args.verbose is None else args.verbose
-    metrics = train(out, resume=args.resume, verbose=verbose, **settings)
-    print(
-        f"{metrics['backend']}: test accuracy {metrics['test_accuracy']:.4f}, "
-        f"loss {metrics['test_loss']:.4f}, {metrics.get('images_per_second')} images/s "
-        f"-> {out}/report.md"
-    )
-    return 0
-
-
-def _evaluate(args) -> int:
-    from alexnet_k3.evaluation import evaluate
-
-    metrics = evaluate(
-        args.model,
-        args.dataset,
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        out=args.out,
-        test_split=args.test_split,
-        strict=args.strict,
-    )
-    trained = metrics.get("trained_on_backend")
-    origin = f" (trained on {trained})" if trained else ""
-    print(
-        f"{metrics['backend']}{origin}: test accuracy {metrics['test_accuracy']:.4f}, "
-        f"loss {metrics['test_loss']:.4f} over {metrics['test_images']} images"
-        + (f" -> {args.out}/report.md" if args.out else "")
-    )
-    return 0
-
-
-def _convert(args) -> int:
-    from alexnet_k3.convert import convert_checkpoint
-
-    path = convert_checkpoint(args.weights, args.out, num_classes=args.num_classes)
-    print(f"wrote {path}")
-    return 0
-
-
-def _compare(args) -> int:
-    from alexnet_k3.report import compare_runs
-
-    table = compare_runs(args.runs)
-    print(table, end="")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table)
-    return 0
-
-
 def _bench(argv: list[str]) -> int:
     """Runs benchmarks/runner.py from the source tree (the runner is not part of the wheel)."""
     candidates = [Path(__file__).resolve().parent.parent, Path.cwd()]
@@ -351,22 +309,3 @@ def _bench(argv: list[str]) -> int:
         file=sys.stderr,
     )
     return 2
-
-
-def _info(args) -> int:
-    from alexnet_k3 import backend
-
-    print(f"backend: {backend.name()}")
-    print(f"device: {backend.device_name()} ({backend.accelerator()})")
-    for package, version in backend.versions().items():
-        print(f"{package}: {version}")
-    return 0
-
-
-COMMANDS = {
-    "info": _info,
-    "train": _train,
-    "evaluate": _evaluate,
-    "convert": _convert,
-    "compare": _compare,
-}

@@ -76,7 +76,7 @@ def _check_runs_here(model, path) -> None:
             raise ValueError(
                 f"{path} was built with {data_format} convolutions (the torch backend's "
                 f"default layout), which the {backend.name()} backend cannot run on this "
-                "device. Evaluate it with --backend torch or --backend jax, or on a GPU."
+                "device. Use it with --backend torch or --backend jax, or on a GPU."
             ) from None
 
 

@@ -59,3 +59,36 @@ def _run_cli(*args, backend=BACKEND, env=None, cwd=None, timeout=600, expect_ok=
 def run_cli():
     """Runs the command line in a fresh process: `run_cli("train", "--epochs", 1, ...)`."""
     return _run_cli
+
+
+@pytest.fixture(scope="session")
+def digits_folder_run(tmp_path_factory):
+    """scikit-learn's digits written as PNG class folders, and a run trained on them with
+    the settings of tests/test_training.py's digits run (which reaches >= 0.90):
+    (run folder, image folder, metrics). Trained once per test process."""
+    from folder_files import write_digits_folder
+
+    from alexnet_k3.datasets import cache as folder_cache
+    from alexnet_k3.training import train
+
+    tmp = tmp_path_factory.mktemp("digits-folder")
+    previous = os.environ.get(folder_cache.CACHE_ENV_VAR)
+    os.environ[folder_cache.CACHE_ENV_VAR] = str(tmp / "cache")
+    try:
+        root = write_digits_folder(tmp / "digits")
+        metrics = train(
+            tmp / "run",
+            dataset="folder",
+            data_dir=str(root),
+            variant="cifar",
+            epochs=6,
+            batch_size=64,
+            seed=0,
+            verbose=0,
+        )
+    finally:
+        if previous is None:
+            del os.environ[folder_cache.CACHE_ENV_VAR]
+        else:
+            os.environ[folder_cache.CACHE_ENV_VAR] = previous
+    return tmp / "run", root, metrics

@@ -362,29 +362,15 @@ def test_evaluate_finds_the_runs_split_and_checks_class_names(photo_run, tmp_pat
 
 
 @pytest.mark.slow
-def test_training_on_the_digits_as_png_files_learns(tmp_path, monkeypatch):
-    from folder_files import write_digits_folder
-
+def test_training_on_the_digits_as_png_files_learns(digits_folder_run, tmp_path, monkeypatch):
     from alexnet_k3.datasets import load_digits
-    from alexnet_k3.training import train
 
+    _, root, metrics = digits_folder_run
     monkeypatch.setenv(folder_cache.CACHE_ENV_VAR, str(tmp_path / "cache"))
-    root = write_digits_folder(tmp_path / "digits")
     data, digits = load_folder(root, 32), load_digits()
     # The same pixels as the digits dataset (sorted: the folder orders by class).
     for x, expected in ((data.x_train, digits.x_train), (data.x_test, digits.x_test)):
         assert sorted(map(bytes, x)) == sorted(map(bytes, expected))
-    # The settings of tests/test_training.py's digits run, which reaches >= 0.90.
-    metrics = train(
-        tmp_path / "run",
-        dataset="folder",
-        data_dir=str(root),
-        variant="cifar",
-        epochs=6,
-        batch_size=64,
-        seed=0,
-        verbose=0,
-    )
     assert metrics["test_accuracy"] >= 0.90, metrics["test_accuracy"]
 
 

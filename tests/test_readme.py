@@ -15,9 +15,11 @@ with tiny settings in place of the `...`.
 """
 
 import ast
+import csv
 import dataclasses
 import hashlib
 import http.server
+import importlib
 import json
 import re
 import shlex
@@ -179,11 +181,15 @@ def test_readme_distribution_variables_reach_keras(monkeypatch):
 
 
 @pytest.mark.slow
-def test_readme_cli_commands(tmp_path, run_cli):
+def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     data = write_cifar10(tmp_path / "cifar", n_train=40, n_test=20, as_tarball=True)
     write_photo_folder(tmp_path / "photos", per_class=5)  # --data-dir photos
+    new_photos = write_photo_folder(tmp_path / "new", per_class=1)  # predict's new-photos
+    (tmp_path / "new-photos").mkdir()
+    for name in CLASSES:
+        (new_photos / name / "00.jpg").rename(tmp_path / "new-photos" / f"{name}.jpg")
     checkpoint = tmp_path / "random-alexnet.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), checkpoint)
@@ -227,6 +233,20 @@ def test_readme_cli_commands(tmp_path, run_cli):
             converted = [a if a != "imagenet" else str(checkpoint) for a in argv]
             run(converted)
             assert (tmp_path / _option(argv, "--out")).is_file()
+        elif command == "predict" and "imagenet" in argv:
+            offline = run(argv, expect_ok=False)
+            assert offline.returncode == 2 and "alexnet-owt-7be5be79.pth" in offline.stderr
+            argv = [str(checkpoint) if a == "imagenet" else a for a in argv]
+            lines = run(argv).stdout.splitlines()
+            assert lines[0] == "| image | rank | class | probability |"
+            ranks = [line for line in lines if line.startswith(f"| {argv[-3]} |")]
+            assert len(ranks) == int(_option(argv, "--top"))
+        elif command == "predict":
+            run(argv)
+            with open(tmp_path / _option(argv, "--out")) as f:
+                rows = list(csv.DictReader(f))
+            assert [row["image"] for row in rows] == [f"new-photos/{c}.jpg" for c in CLASSES]
+            assert all({row["class_1"], row["class_2"]} == set(CLASSES) for row in rows)
         elif command == "info":
             assert "backend: jax" in run(argv).stdout
         elif command == "evaluate":
@@ -243,6 +263,11 @@ def test_readme_cli_commands(tmp_path, run_cli):
             metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
             assert metrics["class_names"] == list(CLASSES) and metrics["dataset"] == "folder"
     assert ran >= 8
+    # The README's Python call beside `predict`, as written, on the model trained above.
+    monkeypatch.chdir(tmp_path)
+    rows = eval(_inline_call("predict"), {"ak": importlib.import_module("alexnet_k3")})
+    assert [row["image"] for row in rows] == [f"new-photos/{c}.jpg" for c in CLASSES]
+    assert all(len(row["top"]) == 2 and row["error"] is None for row in rows)
 
 
 def _option(argv, name):

@@ -54,16 +54,33 @@ def decode_image(path, size: int) -> np.ndarray:
     """
     from PIL import Image, ImageOps
 
+    image = _open_rgb(path, draft=size)
+    image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_image(path) -> np.ndarray:
+    """One image file at its full size as a uint8 `(H, W, 3)` RGB array.
+
+    The formats, EXIF orientation and mode conversions of `decode_image`, without
+    resizing: what torchvision's transforms receive from `PIL.Image.open(path)`
+    converted to RGB. Raises what Pillow raises for a file it cannot read.
+    """
+    return np.asarray(_open_rgb(path), dtype=np.uint8)
+
+
+def _open_rgb(path, draft: int | None = None):
+    """The decoded, upright, 8-bit RGB Pillow image of the file at `path`."""
+    from PIL import Image, ImageOps
+
     with Image.open(path) as image:
-        if image.format == "JPEG":
+        if draft is not None and image.format == "JPEG":
             # DCT scaling: decode at 1/2, 1/4 or 1/8 when the result still covers
-            # `size`; 2-4x faster for photos much larger than the cache size.
-            image.draft(image.mode, (size, size))
+            # `draft`; 2-4x faster for photos much larger than the cache size.
+            image.draft(image.mode, (draft, draft))
         image.load()
         image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
-        image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+        return to_rgb(image)
 
 
 def to_rgb(image):

@@ -240,6 +240,18 @@ def _images_under(root: Path, folder: Path, skipped: list, seen=None) -> list[Pa
     return files
 
 
+def image_files(folder) -> list[Path]:
+    """The image files under `folder` (any depth), sorted; hidden entries and symbolic
+    links leading outside it are left out, as in `load_folder`.
+
+    Example:
+        >>> [str(p) for p in image_files("photos")]  # doctest: +SKIP
+        ['photos/cat/1.jpg', 'photos/dog/2.png']
+    """
+    # Paths under `folder` as given (relative stays relative); links checked on the real path.
+    return _images_under(Path(folder).resolve(), Path(folder), [])
+
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 

@@ -10,7 +10,30 @@ are a new record, not new code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from importlib import resources
+
+# A data file of the package, so a jax- or tensorflow-only install has the names too.
+_IMAGENET_CATEGORIES_FILE = "imagenet_categories.txt"
+
+
+@functools.cache
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in class-index order (torchvision's list).
+
+    Example:
+        >>> imagenet_categories()[:3]
+        ('tench', 'goldfish', 'great white shark')
+    """
+    text = resources.files("alexnet_k3.weights").joinpath(_IMAGENET_CATEGORIES_FILE).read_text()
+    names = tuple(line for line in text.splitlines() if line and not line.startswith("#"))
+    if len(names) != 1000:  # a damaged install: say so rather than mislabel classes
+        raise RuntimeError(
+            f"alexnet_k3/weights/{_IMAGENET_CATEGORIES_FILE} holds {len(names)} class names, "
+            "expected 1000: the installation is damaged. Reinstall alexnet-k3."
+        )
+    return names
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,11 @@ class PretrainedWeights:
     file_size_mb: float = 0.0
     gflops: float = 0.0
     recipe: str = ""
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The class names, by index (torchvision's `meta["categories"]`)."""
+        return imagenet_categories() if self.num_classes == 1000 else ()
 
     @property
     def file_name(self) -> str:

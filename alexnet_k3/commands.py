@@ -1,0 +1,123 @@
+"""What each `alexnet-k3` command does once its arguments are parsed (`alexnet_k3.cli`).
+
+One function per command, named after it, taking the parsed arguments and returning
+the exit status. Keras and the backend are imported inside them, after the command
+line has chosen the backend.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from alexnet_k3.config import TrainConfig
+
+
+def train(args) -> int:
+    from alexnet_k3 import backend
+    from alexnet_k3.training import train
+
+    # Exactly the options given: train() fills in TrainConfig's defaults, and a
+    # resumed run refuses any that contradicts its saved settings.
+    settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    defaults = TrainConfig()
+    dataset = settings.get("dataset", defaults.dataset)
+    variant = settings.get("variant", defaults.variant)
+    out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
+    verbose = "auto" if args.verbose is None else args.verbose
+    metrics = train(out, resume=args.resume, verbose=verbose, **settings)
+    print(
+        f"{metrics['backend']}: test accuracy {metrics['test_accuracy']:.4f}, "
+        f"loss {metrics['test_loss']:.4f}, {metrics.get('images_per_second')} images/s "
+        f"-> {out}/report.md"
+    )
+    return 0
+
+
+def evaluate(args) -> int:
+    from alexnet_k3.evaluation import evaluate
+
+    metrics = evaluate(
+        args.model,
+        args.dataset,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        out=args.out,
+        test_split=args.test_split,
+        strict=args.strict,
+    )
+    trained = metrics.get("trained_on_backend")
+    origin = f" (trained on {trained})" if trained else ""
+    print(
+        f"{metrics['backend']}{origin}: test accuracy {metrics['test_accuracy']:.4f}, "
+        f"loss {metrics['test_loss']:.4f} over {metrics['test_images']} images"
+        + (f" -> {args.out}/report.md" if args.out else "")
+    )
+    return 0
+
+
+def predict(args) -> int:
+    from alexnet_k3 import prediction
+
+    inputs = list(args.inputs)
+    if args.weights is None:
+        if not inputs[0].endswith(".keras"):
+            raise ValueError(
+                f"the first argument must be a model.keras written by `alexnet-k3 train`, "
+                f"received {inputs[0]!r}. To predict with torchvision's AlexNet, pass "
+                "--weights imagenet (or a .pth / .weights.h5 file) before the images."
+            )
+        model, inputs = inputs[0], inputs[1:]
+        if not inputs:
+            raise ValueError(f"no images were given after {model}: add image files or folders.")
+    else:
+        model = args.weights
+    if args.out:
+        prediction.check_output(args.out)
+    rows = prediction.predict(model, inputs, top=args.top, batch_size=args.batch_size)
+    print(prediction.table(rows), end="")
+    failed = sum(1 for row in rows if row["error"])
+    if failed:
+        print(f"{failed} of {len(rows)} files could not be read (see their rows)", file=sys.stderr)
+    if args.out:
+        print(f"wrote {prediction.write(rows, args.out)}")
+    return 1 if failed == len(rows) else 0
+
+
+def convert(args) -> int:
+    from alexnet_k3.convert import convert_checkpoint
+
+    path = convert_checkpoint(args.weights, args.out, num_classes=args.num_classes)
+    print(f"wrote {path}")
+    return 0
+
+
+def compare(args) -> int:
+    from alexnet_k3.report import compare_runs
+
+    table = compare_runs(args.runs)
+    print(table, end="")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table)
+    return 0
+
+
+def info(args) -> int:
+    from alexnet_k3 import backend
+
+    print(f"backend: {backend.name()}")
+    print(f"device: {backend.device_name()} ({backend.accelerator()})")
+    for package, version in backend.versions().items():
+        print(f"{package}: {version}")
+    return 0
+
+
+BY_NAME = {
+    "info": info,
+    "train": train,
+    "evaluate": evaluate,
+    "predict": predict,
+    "convert": convert,
+    "compare": compare,
+}
