@@ -34,6 +34,18 @@ def data_format(request):
 
 
 BACKEND = keras.config.backend()
+# Tests marked `once` do the same whatever this process runs on (they start their own
+# processes, on every backend or on none): repeating them per session tests nothing new.
+ONCE_BACKEND = "torch"
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == ONCE_BACKEND:
+        return
+    skip = pytest.mark.skip(reason=f"the same on every backend: run in the {ONCE_BACKEND} session")
+    for item in items:
+        if "once" in item.keywords:
+            item.add_marker(skip)
 
 
 def _run_cli(*args, backend=BACKEND, env=None, cwd=None, timeout=600, expect_ok=False):

@@ -158,6 +158,7 @@ def test_build_classifier_passes_init_and_seed():
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_one_seed_gives_the_same_start_on_every_backend():
     script = (
         "import keras, alexnet_k3 as ak\n"

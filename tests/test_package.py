@@ -151,6 +151,7 @@ def test_no_module_is_too_long():
     assert not long, f"modules over {MAX_LINES} lines (split them by job): {long}"
 
 
+@pytest.mark.once
 def test_the_fast_lane_leaves_out_the_slow_tests():
     # The README's `nox -s tests -- -m "not slow"`: the marker selects, it does not error.
     result = subprocess.run(
