@@ -186,9 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict with torchvision's AlexNet instead of a model.keras: 'imagenet', a "
         "torchvision .pth file or a .weights.h5 from `alexnet-k3 convert`",
     )
-    predict.add_argument("--top", type=_positive_int, default=5, help="classes per image")
+    predict.add_argument(
+        "--top", type=_positive_int, default=5, help="classes per image (default: 5)"
+    )
     predict.add_argument("--out", help="also write the predictions to FILE.csv or FILE.json")
-    predict.add_argument("--batch-size", type=_positive_int, default=32)
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="images at once (default: 32)"
+    )
     add_download_options(predict, cifar10=False)
 
     convert = with_backend(
