@@ -135,7 +135,10 @@ class TrainConfig:
         choices=SCHEDULES,
     )
     weight_decay: float = option(
-        5e-4, "decoupled weight decay (not on biases and normalization)", kind="non_negative_float"
+        5e-4,
+        "weight decay, not on biases and normalization: sgd adds it to the gradient as "
+        "torch.optim.SGD does (coupled); adam/adamw decay decoupled",
+        kind="non_negative_float",
     )
     label_smoothing: float = option(0.0, "label smoothing of the loss", kind="fraction")
     precision: str = option("float32", "Keras dtype policy", choices=PRECISIONS)

@@ -22,9 +22,11 @@ def load_model(path) -> keras.Model:
     """Loads a `.keras` model written by this package, on the active backend.
 
     Registers the package's custom layers first (LRN, adaptive pooling,
-    pad-crop augmentation), so a model trained on one backend loads on another.
+    pad-crop augmentation) and its optimizer (`TorchSGD`), so a model trained on
+    one backend loads on another.
     """
     import alexnet_k3.layers  # noqa: F401  (registers the custom layers)
+    import alexnet_k3.optimizers  # noqa: F401  (and the optimizer saved with a trained model)
     import alexnet_k3.preprocessing  # noqa: F401
 
     path = Path(path)

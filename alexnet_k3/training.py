@@ -26,6 +26,7 @@ from alexnet_k3.callbacks import (
 from alexnet_k3.config import TrainConfig
 from alexnet_k3.core import atomic_save, default_learning_rate
 from alexnet_k3.model import VARIANTS, build_classifier, weights_checksum
+from alexnet_k3.optimizers import TorchSGD
 
 # Mirrored digits are other symbols; mirrored photos are still the same class.
 FLIP_AUGMENTATION = {"cifar10": True, "digits": False, "folder": True}
@@ -48,7 +49,9 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             `optimizer` ("sgd" with momentum 0.9, "adam", "adamw"),
             `learning_rate` (the peak, reached after `warmup_epochs` of linear
             warm-up), `schedule` (then cosine decay to 0, or constant),
-            `weight_decay` (decoupled, not on biases and normalization),
+            `weight_decay` (not on biases and normalization; with "sgd" coupled
+            into the gradient as `torch.optim.SGD` does, see `optimizers.TorchSGD`;
+            with "adam"/"adamw" Keras's decoupled form),
             `label_smoothing`, `precision`, `validation_split`,
             `augment` (random pad-crop and horizontal flip), `seed`, `jit_compile`,
             `data_format` (the Keras image data format of the network during the
@@ -324,9 +327,9 @@ def compile_model(
         alpha=1.0 if config.schedule == "constant" else 0.0,
     )
     if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(
-            schedule, momentum=0.9, weight_decay=config.weight_decay or None
-        )
+        # torch's SGD form, as the plain PyTorch loop trains: Keras's decoupled decay
+        # is ten times weaker at momentum 0.9 (issue 11, benchmarks/results/).
+        optimizer = TorchSGD(schedule, momentum=0.9, coupled_weight_decay=config.weight_decay)
     elif config.optimizer == "adam":
         optimizer = keras.optimizers.Adam(schedule, weight_decay=config.weight_decay or None)
     else:

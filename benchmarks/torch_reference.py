@@ -169,7 +169,8 @@ def train_reference(
         image_size: input side for the model; default 32 for "cifar", 64 for "torchvision".
         weight_decay: coupled (torch's `weight_decay`, the gradient gets `wd * p`, every
             parameter) unless `decoupled`: then `p -= lr * wd * p` after each step on
-            weights only, not biases or BatchNorm (the package's rule, Keras's form).
+            weights only, not biases or BatchNorm (Keras's `SGD(weight_decay=)` form,
+            the package's rule until issue 11; `alexnet_k3.optimizers.TorchSGD` couples it now).
         augment: the package's pad-4 random crop and horizontal flip in training.
         device: "cpu", "cuda", ...; default CUDA when available.
         dataset_name: the name recorded (default `data.name`).
@@ -280,7 +281,8 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--decoupled",
         action="store_true",
-        help="decoupled weight decay on weights only (default: torch's coupled, all params)",
+        help="Keras's decoupled weight decay on weights only (default: torch's coupled, all "
+        "params)",
     )
     parser.add_argument(
         "--augment", action="store_true", help="pad-4 random crop and horizontal flip"
