@@ -2,11 +2,19 @@
 
 `nox -s tests` runs the test suite once per backend, each in its own process
 with KERAS_BACKEND set, as Keras's own CI does.
+
+The sessions that need every backend (tests, demo, bench_all, bench_gpu) share
+one virtualenv, `.nox/all-backends`: torch, tensorflow and jax together are
+about 8 GB and three minutes of pip per copy, and one copy serves them all.
+The package is reinstalled into it once per nox invocation, so every session
+tests the checkout as it is now.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import nox
@@ -26,14 +34,40 @@ BASELINES = "torchvision-eager,torchvision-compile"
 # The demo reaches 96.9-99.7% on the digits (benchmarks/results/digits-cifar-variant-cpu-2core.md);
 # below this, training or evaluation broke.
 DEMO_MIN_ACCURACY = 0.90
+ALL_BACKENDS_VENV = Path(".nox", "all-backends")
+_all_backends_ready = False  # set once this nox invocation has installed the checkout
 
 
-@nox.session
+def _all_backends(session: nox.Session) -> dict[str, str]:
+    """The shared all-backend venv, made and updated once per nox invocation.
+
+    Returns the environment that runs its commands (PATH and VIRTUAL_ENV); the
+    sessions using it set `venv_backend="none"` and call its programs by path.
+    """
+    global _all_backends_ready
+    venv = ALL_BACKENDS_VENV.resolve()
+    if not _all_backends_ready:
+        if not (venv / "bin" / "python").exists():
+            session.run_install(sys.executable, "-m", "virtualenv", "--quiet", str(venv))
+        session.run_install(
+            str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", ".[all,test]"
+        )
+        _all_backends_ready = True
+    return {"PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
+
+
+def _program(name: str) -> str:
+    return str(ALL_BACKENDS_VENV.resolve() / "bin" / name)
+
+
+@nox.session(venv_backend="none")
 @nox.parametrize("backend", BACKENDS)
 def tests(session: nox.Session, backend: str) -> None:
     """Run the test suite on one Keras backend (all three are installed for cross-backend tests)."""
-    session.install(".[all,test]")
-    session.run("pytest", *(session.posargs or ["-q"]), env={"KERAS_BACKEND": backend})
+    env = _all_backends(session)
+    session.run(
+        _program("pytest"), *(session.posargs or ["-q"]), env={**env, "KERAS_BACKEND": backend}
+    )
 
 
 @nox.session
@@ -54,19 +88,19 @@ def train(session: nox.Session, backend: str) -> None:
     session.run("alexnet-k3", "train", *args, env={"KERAS_BACKEND": backend})
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
     """Offline main job: digits on every backend, cross-backend evaluation, compare table.
 
     Fails when any run's test accuracy is below DEMO_MIN_ACCURACY.
     """
-    session.install(".[all]")
+    env = _all_backends(session)
     out = session.posargs[0] if session.posargs else "runs/demo"
     runs, runs_elsewhere = [], []
     for backend in BACKENDS:
         run_dir = f"{out}/{backend}"
         session.run(
-            "alexnet-k3",
+            _program("alexnet-k3"),
             "train",
             "--backend",
             backend,
@@ -82,6 +116,7 @@ def demo(session: nox.Session) -> None:
             "0",
             "--out",
             run_dir,
+            env=env,
         )
         runs.append(run_dir)
     # Portability: each backend's saved model, evaluated under the next backend.
@@ -89,7 +124,7 @@ def demo(session: nox.Session) -> None:
         other = BACKENDS[(index + 1) % len(BACKENDS)]
         runs_elsewhere.append(f"{out}/{backend}-evaluated-on-{other}")
         session.run(
-            "alexnet-k3",
+            _program("alexnet-k3"),
             "evaluate",
             f"{out}/{backend}/model.keras",
             "--backend",
@@ -98,8 +133,12 @@ def demo(session: nox.Session) -> None:
             "digits",
             "--out",
             runs_elsewhere[-1],
+            env=env,
         )
-    if session.run("alexnet-k3", "compare", *runs, "--out", f"{out}/compare.md") is None:
+    if (
+        session.run(_program("alexnet-k3"), "compare", *runs, "--out", f"{out}/compare.md", env=env)
+        is None
+    ):
         return  # --install-only: nothing ran, so there is nothing to check
     _check_accuracy(session, runs + runs_elsewhere, DEMO_MIN_ACCURACY)
 
@@ -149,12 +188,12 @@ def bench(session: nox.Session, backend: str) -> None:
     )
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def bench_all(session: nox.Session) -> None:
     """Every Keras backend and both baselines, end to end included: table, JSON and PNG."""
-    session.install(".[all]")
+    env = _all_backends(session)
     session.run(
-        "alexnet-k3",
+        _program("alexnet-k3"),
         "bench",
         "--backends",
         ",".join(BACKENDS),
@@ -164,10 +203,11 @@ def bench_all(session: nox.Session) -> None:
         "--out",
         "benchmarks/results/bench-all.json",
         *(session.posargs or BENCH_QUICK),
+        env=env,
     )
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def bench_gpu(session: nox.Session) -> None:
     """On a CUDA machine: every backend and both baselines, bf16 and float32, batch 128-512.
 
@@ -175,10 +215,10 @@ def bench_gpu(session: nox.Session) -> None:
     benchmarks/results/<device>-bf16.* and -fp32.*, and the README's GPU table
     refreshed from them. Arguments after -- are added to every run.
     """
-    session.install(".[all]")
+    env = _all_backends(session)
     for precision, tag in GPU_PRECISIONS.items():
         session.run(
-            "alexnet-k3",
+            _program("alexnet-k3"),
             "bench",
             "--device",
             "gpu",
@@ -194,4 +234,5 @@ def bench_gpu(session: nox.Session) -> None:
             "--readme",
             "README.md",
             *session.posargs,
+            env=env,
         )

@@ -180,6 +180,9 @@ def test_readme_distribution_variables_reach_keras(monkeypatch):
     ]
 
 
+# The commands as written: run once (torch session). Each backend's own train,
+# transfer, evaluate and predict paths have their per-backend tests elsewhere.
+@pytest.mark.once
 @pytest.mark.slow
 def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
     torch = pytest.importorskip("torch")
