@@ -1,4 +1,4 @@
-"""alexnet_k3: one Keras 3 AlexNet for the torch, tensorflow and jax backends.
+"""alexnet_k3: one Keras 3 AlexNet (and VGG16) for the torch, tensorflow and jax backends.
 
 Pick the backend with the `KERAS_BACKEND` environment variable before importing
 Keras (or anything that imports it).
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # so the command line can still choose the backend after importing the package.
 _LAZY = {
     "AlexNet": "alexnet_k3.model",
+    "VGG16": "alexnet_k3.vgg",
     "load_torchvision_weights": "alexnet_k3.weights",
     "to_torchvision_state_dict": "alexnet_k3.weights",
     "train": "alexnet_k3.training",

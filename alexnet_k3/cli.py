@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alexnet_k3 import commands, core
 from alexnet_k3.config import KINDS, TrainConfig
-from alexnet_k3.core import BACKENDS, DATASETS, JIT_SETTINGS
+from alexnet_k3.core import ARCHS, BACKENDS, DATASETS, JIT_SETTINGS
 from alexnet_k3.runs import TrainingDiverged
 
 # Read by alexnet_k3.downloads and alexnet_k3.datasets.cifar10 at download time; the
@@ -116,6 +116,13 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(*flags, **options)
 
 
+def add_arch_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """--arch for the commands that build a network from weights (predict, convert)."""
+    parser.add_argument(
+        "--arch", choices=ARCHS, default=ARCHS[0], help=f"{what} (default: {ARCHS[0]})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alexnet-k3",
@@ -154,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("evaluate", help="evaluate a saved model.keras on a test set")
     )
     evaluate.add_argument("model", help="a model.keras written by `alexnet-k3 train`")
+    evaluate.add_argument(
+        "--arch",
+        choices=ARCHS,
+        help="refuse a model of another network (default: evaluate whichever it holds)",
+    )
     evaluate.add_argument("--dataset", choices=DATASETS, default="digits")
     evaluate.add_argument("--data-dir", help="CIFAR-10's folder or tarball, or the image folder")
     evaluate.add_argument(
@@ -183,9 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--weights",
-        help="predict with torchvision's AlexNet instead of a model.keras: 'imagenet', a "
-        "torchvision .pth file or a .weights.h5 from `alexnet-k3 convert`",
+        help="predict with torchvision's network of --arch instead of a model.keras: "
+        "'imagenet', a torchvision .pth file or a .weights.h5 from `alexnet-k3 convert`",
     )
+    add_arch_option(predict, "with --weights: the network they are for")
     predict.add_argument(
         "--top", type=_positive_int, default=5, help="classes per image (default: 5)"
     )
@@ -198,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert = with_backend(
         commands.add_parser(
             "convert",
-            help="torchvision AlexNet weights -> Keras .weights.h5 (no torch needed later)",
+            help="torchvision AlexNet or VGG16 weights -> Keras .weights.h5 (no torch "
+            "needed later)",
         )
     )
+    add_arch_option(convert, "the network of the checkpoint")
     convert.add_argument("--weights", required=True, help="'imagenet' or a torchvision .pth file")
     convert.add_argument("--out", required=True, help="FILE.weights.h5")
     convert.add_argument(

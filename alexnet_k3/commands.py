@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from alexnet_k3.config import TrainConfig
+from alexnet_k3.core import ARCH_TITLES, ARCHS_WITH_VARIANTS
 
 
 def train(args) -> int:
@@ -22,7 +23,8 @@ def train(args) -> int:
     settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     defaults = TrainConfig()
     dataset = settings.get("dataset", defaults.dataset)
-    variant = settings.get("variant", defaults.variant)
+    arch = settings.get("arch", defaults.arch)
+    variant = settings.get("variant", defaults.variant) if arch in ARCHS_WITH_VARIANTS else arch
     out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
     verbose = "auto" if args.verbose is None else args.verbose
     metrics = train(out, resume=args.resume, verbose=verbose, **settings)
@@ -45,6 +47,7 @@ def evaluate(args) -> int:
         out=args.out,
         test_split=args.test_split,
         strict=args.strict,
+        arch=args.arch,
     )
     trained = metrics.get("trained_on_backend")
     origin = f" (trained on {trained})" if trained else ""
@@ -64,8 +67,9 @@ def predict(args) -> int:
         if not inputs[0].endswith(".keras"):
             raise ValueError(
                 f"the first argument must be a model.keras written by `alexnet-k3 train`, "
-                f"received {inputs[0]!r}. To predict with torchvision's AlexNet, pass "
-                "--weights imagenet (or a .pth / .weights.h5 file) before the images."
+                f"received {inputs[0]!r}. To predict with torchvision's "
+                f"{ARCH_TITLES[args.arch]}, pass --weights imagenet (or a .pth / .weights.h5 "
+                "file) before the images."
             )
         model, inputs = inputs[0], inputs[1:]
         if not inputs:
@@ -74,7 +78,9 @@ def predict(args) -> int:
         model = args.weights
     if args.out:
         prediction.check_output(args.out)
-    rows = prediction.predict(model, inputs, top=args.top, batch_size=args.batch_size)
+    rows = prediction.predict(
+        model, inputs, top=args.top, batch_size=args.batch_size, arch=args.arch
+    )
     print(prediction.table(rows), end="")
     failed = sum(1 for row in rows if row["error"])
     if failed:
@@ -87,7 +93,7 @@ def predict(args) -> int:
 def convert(args) -> int:
     from alexnet_k3.convert import convert_checkpoint
 
-    path = convert_checkpoint(args.weights, args.out, num_classes=args.num_classes)
+    path = convert_checkpoint(args.weights, args.out, num_classes=args.num_classes, arch=args.arch)
     print(f"wrote {path}")
     return 0
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from alexnet_k3.core import (
+    ARCHS,
+    ARCHS_WITH_VARIANTS,
     DATA_FORMATS,
     DATASETS,
     INITS,
@@ -23,6 +25,7 @@ from alexnet_k3.core import (
     PRECISIONS,
     SCHEDULES,
     VARIANTS,
+    default_learning_rate,
 )
 
 
@@ -102,10 +105,17 @@ class TrainConfig:
         "folder: stop at a file that is not a readable image instead of skipping it",
         kind="bool",
     )
+    arch: str = option(
+        "alexnet",
+        "network: AlexNet (in its --variant) or torchvision's VGG16 (224x224 by default; "
+        "no variants)",
+        choices=ARCHS,
+    )
     variant: str = option("cifar", "AlexNet variant", choices=VARIANTS)
     image_size: int | None = option(
         None,
-        "model input side; images are resized on the device (default: the variant's)",
+        "model input side; images are resized on the device (default: the variant's, 224 "
+        "for vgg16)",
         kind="positive_int",
     )
     weights: str | None = option(
@@ -121,8 +131,8 @@ class TrainConfig:
     optimizer: str = option("sgd", "sgd (momentum 0.9), adam or adamw", choices=OPTIMIZERS)
     learning_rate: float | None = option(
         None,
-        "peak learning rate of the schedule (default: sgd 0.02, or 0.01 for the variants "
-        "without batch norm, torchvision and paper; adam/adamw 1e-3)",
+        "peak learning rate of the schedule (default: sgd 0.02, or 0.01 for the networks "
+        "without batch norm: the torchvision and paper variants, vgg16; adam/adamw 1e-3)",
         kind="positive_float",
         flags=("--lr", "--learning-rate"),
     )
@@ -202,6 +212,8 @@ class TrainConfig:
                     expected += " or None"
             if not ok:
                 raise ValueError(f"`{f.name}` must be {expected}, received {f.name}={value!r}.")
+        if self.arch not in ARCHS_WITH_VARIANTS and self.variant != _default("variant"):
+            self._bad("variant", f"left unset with arch={self.arch!r} (variants are AlexNet's)")
         if self.freeze_epochs > self.epochs:
             self._bad("freeze_epochs", f"an integer from 0 to epochs={self.epochs}")
         if self.freeze_epochs and self.weights is None:
@@ -212,7 +224,7 @@ class TrainConfig:
             self._bad("devices", "None unless data_parallel=True")
         if self.dataset != "folder":
             for name in ("test_split", "strict"):
-                if getattr(self, name) != TrainConfig.__dataclass_fields__[name].default:
+                if getattr(self, name) != _default(name):
                     self._bad(name, "its default unless dataset='folder' (it sets folder splits)")
         if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
             # Refused here, not by an allocator after minutes: 10000 asked for 819 GB.
@@ -222,5 +234,19 @@ class TrainConfig:
         raise ValueError(f"`{name}` must be {expected}, received {name}={getattr(self, name)!r}.")
 
     @property
+    def peak_learning_rate(self) -> float:
+        """The peak rate the run uses: the one asked for, or the network's default."""
+        return self.learning_rate or default_learning_rate(self.optimizer, self.variant, self.arch)
+
+    @property
+    def model_variant(self) -> str | None:
+        """The AlexNet variant, None for an architecture without variants (metrics.json)."""
+        return self.variant if self.arch in ARCHS_WITH_VARIANTS else None
+
+    @property
     def mode(self) -> str:
         return "transfer" if self.weights else "scratch"
+
+
+def _default(name: str):
+    return TrainConfig.__dataclass_fields__[name].default

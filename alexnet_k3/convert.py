@@ -15,11 +15,14 @@ from alexnet_k3.weights import WeightsError
 from alexnet_k3.weights.loader import build_from_checkpoint
 
 
-def convert_checkpoint(source, out, *, num_classes: int | None = None) -> pathlib.Path:
-    """Converts a torchvision AlexNet checkpoint into a Keras `.weights.h5` file.
+def convert_checkpoint(
+    source, out, *, num_classes: int | None = None, arch: str = "alexnet"
+) -> pathlib.Path:
+    """Converts a torchvision AlexNet (or VGG16) checkpoint into a Keras `.weights.h5` file.
 
-    The file is what `AlexNet(num_classes=N).save_weights(out)` writes, so it loads
-    without torch, on any backend: `AlexNet(weights=out)` or `model.load_weights(out)`.
+    The file is what `AlexNet(num_classes=N).save_weights(out)` writes (`VGG16(...)`
+    with `arch="vgg16"`), so it loads without torch, on any backend:
+    `AlexNet(weights=out)` or `model.load_weights(out)`.
     It is written to a temporary name first and renamed, so a failed conversion
     leaves no partial file.
 
@@ -30,6 +33,8 @@ def convert_checkpoint(source, out, *, num_classes: int | None = None) -> pathli
         num_classes: the checkpoint's number of classes; None reads it from
             `classifier.6`. A different value is an error (a converted file never
             carries a random classifier).
+        arch: the checkpoint's network, "alexnet" or "vgg16"; a checkpoint of the
+            other one is refused, naming both.
 
     Returns:
         The path written.
@@ -42,7 +47,7 @@ def convert_checkpoint(source, out, *, num_classes: int | None = None) -> pathli
         >>> convert_checkpoint("imagenet", "alexnet_imagenet.weights.h5")
         >>> model = alexnet_k3.AlexNet(weights="alexnet_imagenet.weights.h5")
     """
-    from alexnet_k3.model import AlexNet
+    from alexnet_k3.model import ARCHITECTURES
 
     out = pathlib.Path(out).expanduser()
     if not out.name.endswith(".weights.h5"):
@@ -55,10 +60,12 @@ def convert_checkpoint(source, out, *, num_classes: int | None = None) -> pathli
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise WeightsError(f"num_classes must be a positive integer, received {num_classes!r}.")
+    if arch not in ARCHITECTURES:
+        raise WeightsError(f"arch must be one of {list(ARCHITECTURES)}, received {arch!r}.")
     model = build_from_checkpoint(
         source,
-        lambda classes: AlexNet(num_classes=classes or 1000),
-        architecture="alexnet",
+        lambda classes: ARCHITECTURES[arch](num_classes=classes or 1000),
+        architecture=arch,
         num_classes=num_classes,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

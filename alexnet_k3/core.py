@@ -5,8 +5,8 @@ the command line must parse its arguments, and the benchmark parent must start
 its workers, before any backend is chosen. Everything here is typed once and
 imported wherever it is needed:
 
-- the option vocabularies (backends, datasets, variants, optimizers, precisions,
-  data formats, jit settings);
+- the option vocabularies (backends, datasets, architectures, variants,
+  optimizers, precisions, data formats, jit settings);
 - `is_out_of_memory`, the one out-of-memory classifier (training, the Keras
   benchmark worker and the torchvision baseline all use it);
 - the host: `cpu_name`, its CPU's model name; `keep_freed_memory`, glibc's malloc
@@ -30,6 +30,12 @@ from pathlib import Path
 
 BACKENDS = ("torch", "tensorflow", "jax")
 DATASETS = ("digits", "cifar10", "folder")
+# The architectures (`--arch`): each has a builder (`alexnet_k3.model.ARCHITECTURES`)
+# and a converter table of the same name (`alexnet_k3.weights.loader.TABLES`).
+ARCHS = ("alexnet", "vgg16")
+ARCH_TITLES = {"alexnet": "AlexNet", "vgg16": "VGG16"}
+# Architectures with variants (`--variant`); the others have one form only.
+ARCHS_WITH_VARIANTS = ("alexnet",)
 # The AlexNet variants (`alexnet_k3.model.VARIANTS` holds their configurations).
 VARIANTS = ("torchvision", "paper", "cifar")
 # Weight initialization: torch's nn.Conv2d/nn.Linear defaults, or Keras's (Glorot).
@@ -43,14 +49,18 @@ DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 BN_FREE_SGD_LEARNING_RATE = 0.01
 
 
-def default_learning_rate(optimizer: str, variant: str) -> float:
+def default_learning_rate(optimizer: str, variant: str, arch: str = "alexnet") -> float:
     """The peak learning rate a run uses when it sets none.
+
+    VGG16, like AlexNet's torchvision and paper variants, has no batch norm
+    (torchvision's VGG recipe trains at 0.01 too).
 
     Example:
         >>> default_learning_rate("sgd", "cifar"), default_learning_rate("sgd", "torchvision")
         (0.02, 0.01)
     """
-    if optimizer == "sgd" and variant in ("torchvision", "paper"):
+    batch_norm_free = arch not in ARCHS_WITH_VARIANTS or variant in ("torchvision", "paper")
+    if optimizer == "sgd" and batch_norm_free:
         return BN_FREE_SGD_LEARNING_RATE
     return DEFAULT_LEARNING_RATES[optimizer]
 

@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from alexnet_k3 import backend, datasets, runs
+from alexnet_k3.core import ARCHS, option_name
 
 
 def load_model(path) -> keras.Model:
@@ -137,6 +138,7 @@ def evaluate(
     out=None,
     test_split=None,
     strict=False,
+    arch=None,
 ) -> dict:
     """Evaluates a trained model on a dataset's whole test split, on the active backend.
 
@@ -153,16 +155,19 @@ def evaluate(
             testing (default: the training run's, saved beside the model, else 0.2;
             the run's seed is used too, so the test images are the run's).
         strict: folder: stop at a file that is not a readable image.
+        arch: None, or the network the model must hold ("alexnet", "vgg16"):
+            a model of another one is refused before any data is read.
 
     Returns:
-        The metrics dict (see `evaluate_arrays`), with `backend`, `dataset` and `model`.
+        The metrics dict (see `evaluate_arrays`), with `backend`, `dataset`, `model`
+        and `arch` (the network the model holds).
 
     Example:
         >>> metrics = evaluate("runs/digits/model.keras", "digits")
         >>> sorted(metrics["per_class_accuracy"])[:3]
         ['0', '1', '2']
     """
-    folder = {"test_split": test_split, "strict": strict}
+    folder = {"test_split": test_split, "strict": strict, "arch": arch}
     if out is None:
         return _evaluate(model, dataset, data_dir, batch_size, None, folder)
     # One writer per folder; and never over another run's results.
@@ -177,6 +182,7 @@ def _evaluate(model, dataset, data_dir, batch_size, out, folder) -> dict:
     source = path or model.name
     if path is not None:
         model = load_model(path)
+    held = _arch_of(model, source, folder["arch"])
     data = _load_data(model, path, dataset, data_dir, folder)
     metrics = evaluate_arrays(model, data.x_test, data.y_test, data.class_names, batch_size)
     metrics.update(
@@ -186,6 +192,7 @@ def _evaluate(model, dataset, data_dir, batch_size, out, folder) -> dict:
         dataset=dataset,
         model=source,
     )
+    metrics["arch"] = held
     trained = _json_beside(path, "metrics.json")
     for key in ("variant", "mode", "epochs", "image_size", "weights", "precision"):
         if key in trained:
@@ -197,6 +204,20 @@ def _evaluate(model, dataset, data_dir, batch_size, out, folder) -> dict:
 
         report.write_run(out, metrics, None, model, data)
     return metrics
+
+
+def _arch_of(model, source: str, expected: str | None) -> str | None:
+    """The architecture `model` holds (its network is the layer named after it, as
+    `model.build_classifier` names it); refuses one other than `expected`."""
+    names = {layer.name for layer in model.layers}
+    held = next((arch for arch in ARCHS if arch in names), None)
+    if expected is not None and held != expected:
+        raise ValueError(
+            f"{option_name('arch', expected)} was asked for, but {source} holds "
+            f"{'a ' + held if held else 'no known'} network. Leave out "
+            f"{option_name('arch')} or give a {expected} model."
+        )
+    return held
 
 
 def _load_data(model, path: str | None, dataset: str, data_dir, folder: dict):

@@ -2,7 +2,8 @@
 
 Nothing here imports a backend or asks which one is active: the same code runs on
 torch, tensorflow and jax. Variants differ only in the small `VariantConfig`
-records below.
+records below. `build_classifier` puts any architecture of `ARCHITECTURES`
+(AlexNet, `vgg.VGG16`) behind the on-device input pipeline.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from alexnet_k3 import layers
+from alexnet_k3 import builders, layers, vgg
+from alexnet_k3.core import ARCHS, ARCHS_WITH_VARIANTS
 from alexnet_k3.layers import AdaptiveAveragePooling2D, LocalResponseNormalization
 from alexnet_k3.preprocessing import input_pipeline
 
@@ -187,8 +189,13 @@ def AlexNet(
     seed = layers.initializer_seed(init, seed)
     norm = config.normalization if normalization is None else normalization
     norm = None if norm == "none" else norm
-    data_format = keras.config.image_data_format()
-    input_shape = _standardize_input_shape(input_shape, config, variant, data_format)
+    input_shape = builders.standardize_input_shape(
+        input_shape,
+        default_size=config.default_size,
+        minimum=min_input_size(variant),
+        who=f"variant={variant!r}",
+        flattens=config.pooled_size is None,
+    )
 
     inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
@@ -203,10 +210,10 @@ def AlexNet(
         x = keras.layers.Flatten(name="flatten")(x)
         for index, units in enumerate(config.dense_units, start=6):
             x = keras.layers.Dropout(dropout, name=f"drop{index}")(x)
-            x = _dense(x, units, f"fc{index}", body, activation="relu")
+            x = builders.dense(x, units, f"fc{index}", body, activation="relu")
         # Logits in float32 even under a mixed precision policy, so the loss and
         # softmax never see bfloat16/float16 values.
-        x = _dense(x, num_classes, "predictions", (init, seed), dtype="float32")
+        x = builders.dense(x, num_classes, "predictions", (init, seed), dtype="float32")
     model = keras.Model(inputs, x, name=name or f"alexnet_{variant}")
 
     if weights is not None:
@@ -219,9 +226,37 @@ def AlexNet(
     return model
 
 
+# The network builders by `--arch` name (`alexnet_k3.core.ARCHS`); each takes
+# `num_classes`, `input_shape`, `weights`, `init`, `seed` and `name`.
+ARCHITECTURES = {"alexnet": AlexNet, "vgg16": vgg.VGG16}
+# The default input side of the architectures without variants (AlexNet's is its variant's).
+DEFAULT_SIZES = {"vgg16": vgg.DEFAULT_SIZE}
+
+
+def default_input_size(arch: str = "alexnet", variant: str = "cifar") -> int:
+    """The input side a network of `arch` (and AlexNet `variant`) is built at by default."""
+    if arch in ARCHS_WITH_VARIANTS:
+        return _get_variant(variant).default_size
+    return DEFAULT_SIZES[arch]
+
+
+def build_network(arch: str, num_classes: int, *, variant: str = "torchvision", **kwargs):
+    """The network of `arch` (`ARCHITECTURES`); `variant` counts for AlexNet only.
+
+    Example:
+        >>> build_network("vgg16", 10, input_shape=(32, 32, 3)).count_params()
+        134301514
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"Unknown arch={arch!r}. Expected one of {list(ARCHS)}.")
+    options = {"variant": variant} if arch in ARCHS_WITH_VARIANTS else {}
+    return ARCHITECTURES[arch](num_classes, **options, **kwargs)
+
+
 def build_classifier(
     num_classes: int,
     *,
+    arch: str = "alexnet",
     variant: str = "cifar",
     image_size: int | None = None,
     weights: str | None = None,
@@ -231,25 +266,28 @@ def build_classifier(
     init: str = "torch",
     seed: int | None = None,
 ) -> keras.Model:
-    """AlexNet behind the on-device input pipeline: takes raw uint8 `(N, 32, 32, 3)` images.
+    """A network of `arch` behind the on-device input pipeline: takes raw uint8 images.
 
     The saved model therefore needs no preprocessing code outside it, on any backend.
-    `init` and `seed` are `AlexNet`'s.
+    The network is the layer named `arch` ("alexnet", "vgg16"); `variant` is
+    AlexNet's only. `init` and `seed` are the builders'.
     """
-    size = image_size or VARIANTS[variant].default_size
+    size = image_size or default_input_size(arch, variant)
     channels_first = keras.config.image_data_format() == "channels_first"
-    net = AlexNet(
+    net = build_network(
+        arch,
         num_classes,
         variant=variant,
         weights=weights,
         input_shape=(3, size, size) if channels_first else (size, size, 3),
         init=init,
         seed=seed,
-        name="alexnet",
+        name=arch,
     )
     inputs = keras.Input(raw_shape, dtype="uint8", name="images")
     x = input_pipeline(size, augment=augment, flip=flip)(inputs)
-    return keras.Model(inputs, net(x), name=f"alexnet_k3_{variant}")
+    suffix = variant if arch in ARCHS_WITH_VARIANTS else arch
+    return keras.Model(inputs, net(x), name=f"alexnet_k3_{suffix}")
 
 
 def weights_checksum(model: keras.Model) -> str:
@@ -265,38 +303,26 @@ def weights_checksum(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _dense(x, units: int, name: str, init_seed, **kwargs):
-    fans = layers.initializer_arguments(*init_seed, name, fan_in=x.shape[-1], fan_out=units)
-    return keras.layers.Dense(units, name=name, **fans, **kwargs)(x)
-
-
 def _conv_block(x, spec: ConvSpec, index: int, norm: str | None, config: VariantConfig, init_seed):
-    channels_first = keras.config.image_data_format() == "channels_first"
-    area = spec.kernel * spec.kernel
-    in_channels = x.shape[1 if channels_first else -1]
-    fans = layers.initializer_arguments(
-        *init_seed, f"conv{index}", fan_in=in_channels * area, fan_out=spec.filters * area
-    )
     same = spec.stride == 1 and spec.kernel % 2 == 1 and spec.padding == spec.kernel // 2
     if spec.padding and not same:
         x = keras.layers.ZeroPadding2D(spec.padding, name=f"conv{index}_pad")(x)
-    x = keras.layers.Conv2D(
+    x = builders.conv(
+        x,
         spec.filters,
         spec.kernel,
+        f"conv{index}",
+        init_seed,
         strides=spec.stride,
         padding="same" if same else "valid",
-        activation="relu",
-        name=f"conv{index}",
-        **fans,
-    )(x)
+    )
     if norm == "lrn":
         x = LocalResponseNormalization(**LRN_ARGS, name=f"norm{index}")(x)
     elif norm == "batchnorm":
-        axis = 1 if channels_first else -1
         # torch's BatchNorm2d defaults: moving statistics settle within the few
         # hundred steps of a small dataset (Keras's 0.99 needs thousands).
         x = keras.layers.BatchNormalization(
-            axis=axis, momentum=0.9, epsilon=1e-5, name=f"norm{index}"
+            axis=builders.channels_axis(), momentum=0.9, epsilon=1e-5, name=f"norm{index}"
         )(x)
     if spec.pool_after:
         x = keras.layers.MaxPooling2D(
@@ -328,12 +354,7 @@ def _get_variant(variant) -> VariantConfig:
 
 
 def _check_arguments(num_classes, dropout, normalization, weights, include_top, variant):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            f"`num_classes` must be a positive integer, received num_classes={num_classes!r}."
-        )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"`dropout` must be in [0, 1), received dropout={dropout!r}.")
+    builders.check_classifier(num_classes, dropout)
     if normalization is not None and normalization not in NORMALIZATIONS:
         raise ValueError(
             f"`normalization` must be one of {NORMALIZATIONS} or None, "
@@ -341,11 +362,7 @@ def _check_arguments(num_classes, dropout, normalization, weights, include_top, 
         )
     if weights is None:
         return
-    if not isinstance(weights, str) and not hasattr(weights, "__fspath__"):
-        raise ValueError(
-            "`weights` must be None, 'imagenet' or the path of a .pth or .weights.h5 file, "
-            f"received weights of type {type(weights).__name__}."
-        )
+    builders.check_weights_type(weights)
     if variant != "torchvision":
         raise ValueError(
             f"Pretrained `weights`={str(weights)!r} exist only for variant='torchvision', "
@@ -356,37 +373,4 @@ def _check_arguments(num_classes, dropout, normalization, weights, include_top, 
             f"Pretrained `weights` have no {normalization!r} layers, received "
             f"normalization={normalization!r}. Leave `normalization` unset to load weights."
         )
-    if not include_top and num_classes != 1000:
-        raise ValueError(
-            f"`num_classes`={num_classes} has no effect with include_top=False and weights="
-            f"{str(weights)!r}: there is no classifier to size. Leave num_classes at 1000 or "
-            "set include_top=True."
-        )
-
-
-def _standardize_input_shape(input_shape, config, variant, data_format):
-    minimum = min_input_size(variant)
-    if input_shape is None:
-        side = config.default_size
-        return (3, side, side) if data_format == "channels_first" else (side, side, 3)
-    input_shape = tuple(input_shape)
-    channels_axis = 0 if data_format == "channels_first" else 2
-    expected = "(3, H, W)" if data_format == "channels_first" else "(H, W, 3)"
-    if len(input_shape) != 3 or input_shape[channels_axis] != 3:
-        raise ValueError(
-            f"`input_shape` must be {expected} under image_data_format={data_format!r}, "
-            f"received input_shape={input_shape!r}."
-        )
-    spatial = [d for i, d in enumerate(input_shape) if i != channels_axis]
-    for side in spatial:
-        if side is not None and (not isinstance(side, int) or side < minimum):
-            raise ValueError(
-                f"variant={variant!r} needs inputs of at least {minimum}x{minimum}, "
-                f"received input_shape={input_shape!r}."
-            )
-    if config.pooled_size is None and None in spatial:
-        raise ValueError(
-            f"variant={variant!r} flattens its last feature map, so its size must be known: "
-            f"received input_shape={input_shape!r}. Give H and W."
-        )
-    return input_shape
+    builders.check_top(weights, include_top, num_classes)

@@ -44,15 +44,17 @@ from alexnet_k3.preprocessing import (
 OUTPUT_SUFFIXES = (".csv", ".json")
 
 
-def predict(model, images, *, top: int = 5, batch_size: int = 32, class_names=None) -> list:
+def predict(
+    model, images, *, top: int = 5, batch_size: int = 32, class_names=None, arch: str = "alexnet"
+) -> list:
     """The `top` most probable classes of each image.
 
     Args:
         model: a `keras.Model`; the path of a `model.keras` written by
             `alexnet-k3 train` (trained on any backend); or `"imagenet"`, a
-            torchvision AlexNet `.pth` file or a `.weights.h5` file from
-            `alexnet-k3 convert`, which builds the torchvision AlexNet with those
-            weights.
+            torchvision `.pth` file or a `.weights.h5` file from
+            `alexnet-k3 convert`, which builds torchvision's network of `arch`
+            with those weights.
         images: an image file or a folder (walked, image files only, sorted), a list
             of them, a uint8 `(H, W, 3)` array, a `(N, H, W, 3)` batch, or a list of
             arrays.
@@ -60,6 +62,8 @@ def predict(model, images, *, top: int = 5, batch_size: int = 32, class_names=No
         batch_size: images decoded and predicted at once.
         class_names: names of the model's classes, by index (default: those saved
             with the model; ImageNet's for 1000 classes; else the indices).
+        arch: with a weights source, the network it holds: "alexnet" or "vgg16"
+            (`alexnet_k3.core.ARCHS`).
 
     Returns:
         One dict per image, in input order: `image` (its path, or `"array[i]"`),
@@ -76,7 +80,7 @@ def predict(model, images, *, top: int = 5, batch_size: int = 32, class_names=No
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{option_name('batch_size', batch_size)} must be a positive integer.")
     items = _inputs(images)  # bad paths are refused before a model is loaded
-    predictor = Predictor(model, class_names)
+    predictor = Predictor(model, class_names, arch=arch)
     return list(predictor.rows(items, top=top, batch_size=batch_size))
 
 
@@ -86,12 +90,13 @@ class Predictor:
     Args:
         model: see `predict`.
         class_names: see `predict`.
+        arch: see `predict`.
     """
 
-    def __init__(self, model, class_names=None):
+    def __init__(self, model, class_names=None, *, arch: str = "alexnet"):
         saved = None
         if not isinstance(model, keras.Model):
-            model, saved = _load(model)
+            model, saved = _load(model, arch)
         self.model = model
         inputs = model.inputs[0]
         self.takes_uint8 = keras.backend.standardize_dtype(inputs.dtype) == "uint8"
@@ -163,20 +168,22 @@ class Predictor:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def _load(source):
+def _load(source, arch: str):
     """(model, saved class names or None) for a `.keras` path or a weights source."""
     if isinstance(source, (str, Path)) and str(source).endswith(".keras"):
         from alexnet_k3 import runs
         from alexnet_k3.evaluation import load_model
 
         return load_model(source), runs.saved_class_names(source)
-    from alexnet_k3.model import AlexNet
+    from alexnet_k3.model import ARCHITECTURES
     from alexnet_k3.weights.loader import build_from_checkpoint
 
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{option_name('arch', arch)} is not one of {list(ARCHITECTURES)}.")
     model = build_from_checkpoint(
         str(source) if isinstance(source, Path) else source,
-        lambda classes: AlexNet(num_classes=classes or 1000),
-        architecture="alexnet",
+        lambda classes: ARCHITECTURES[arch](num_classes=classes or 1000),
+        architecture=arch,
     )
     return model, None
 

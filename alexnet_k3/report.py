@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_k3.core import atomic_write_text, read_json
+from alexnet_k3.core import ARCH_TITLES, atomic_write_text, read_json
 
 # (title, metrics key, decimals for floats)
 COMPARE_COLUMNS = [
     ("backend", "backend", None),
     ("trained on", "trained_on_backend", None),
+    ("arch", "arch", None),
     ("variant", "variant", None),
     ("mode", "mode", None),
     ("epochs", "epochs", None),
@@ -55,7 +56,9 @@ def _fmt(value, digits=4):
 
 
 def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
-    title = f"# AlexNet on {metrics.get('dataset', '?')}: {metrics.get('variant', 'model')}"
+    arch = arch_of(metrics)
+    what = metrics.get("variant") or arch or "model"
+    title = f"# {ARCH_TITLES.get(arch, 'AlexNet')} on {metrics.get('dataset', '?')}: {what}"
     lines = [title, ""]
     lines += ["| setting | value |", "| --- | --- |"]
     for key in (
@@ -64,6 +67,7 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
         "device",
         "mode",
         "weights",
+        "arch",
         "variant",
         "image_size",
         "epochs",
@@ -228,9 +232,15 @@ def compare_runs(run_dirs) -> str:
     header = "| run | " + " | ".join(title for title, _, _ in COMPARE_COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COMPARE_COLUMNS) + 1)]
     for run_dir, metrics in rows:
+        metrics = {**metrics, "arch": arch_of(metrics)}
         cells = [_fmt(metrics.get(key), digits or 4) for _, key, digits in COMPARE_COLUMNS]
         lines.append("| " + " | ".join(map(_cell, [run_dir, *cells])) + " |")
     return "\n".join(lines) + "\n"
+
+
+def arch_of(metrics: dict) -> str | None:
+    """The run's architecture; runs recorded before `arch` existed were AlexNet's."""
+    return metrics.get("arch") or ("alexnet" if metrics.get("variant") else None)
 
 
 def _cell(text: str) -> str:

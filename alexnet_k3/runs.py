@@ -307,18 +307,18 @@ def abandon(out: Path) -> None:
         (Path(out) / name).unlink(missing_ok=True)
 
 
-def load_data(out: Path, config: TrainConfig, variants: dict):
+def load_data(out: Path, config: TrainConfig, default_size: int):
     """The run's `Dataset`, its class names saved beside the model (`save_class_names`).
 
     An image folder is decoded at `cache_side` of the network's input side (the
-    `image_size`, else the variant's default in `variants`, `model.VARIANTS`), and
-    split by the run's `test_split` and `seed`.
+    `image_size`, else `default_size`, `model.default_input_size`), and split by
+    the run's `test_split` and `seed`.
     """
     from alexnet_k3 import datasets  # numpy only, but not needed to parse a command line
 
     options = {}
     if config.dataset == "folder":
-        side = config.image_size or variants[config.variant].default_size
+        side = config.image_size or default_size
         options = {"image_size": datasets.folder.cache_side(side), "seed": config.seed}
         options.update(test_split=config.test_split, strict=config.strict)
     data = datasets.load_dataset(config.dataset, data_dir=config.data_dir, **options)

@@ -24,8 +24,8 @@ from alexnet_k3.callbacks import (
     load_history,
 )
 from alexnet_k3.config import TrainConfig
-from alexnet_k3.core import atomic_save, default_learning_rate
-from alexnet_k3.model import VARIANTS, build_classifier, weights_checksum
+from alexnet_k3.core import atomic_save
+from alexnet_k3.model import build_classifier, default_input_size, weights_checksum
 from alexnet_k3.optimizers import TorchSGD
 
 # Mirrored digits are other symbols; mirrored photos are still the same class.
@@ -33,7 +33,7 @@ FLIP_AUGMENTATION = {"cifar10": True, "digits": False, "folder": True}
 
 
 def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dict:
-    """Trains AlexNet, keeps the last (or best) epoch, tests it and writes a report.
+    """Trains AlexNet (or VGG16), keeps the last (or best) epoch, tests it and writes a report.
 
     Args:
         out: folder for everything the run writes (created if needed).
@@ -42,10 +42,11 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             even mid-epoch, completes the same total number of epochs).
         verbose: Keras's `fit` verbosity ("auto", 0, 1 progress bar, 2 one line per epoch).
         **settings: any field of `TrainConfig`: `dataset` ("digits" or "cifar10"),
-            `data_dir`, `variant`, `image_size` (the model's input side; images
-            are resized on the device), `weights` ("imagenet" or a checkpoint path:
-            transfer learning), `freeze_epochs` (epochs training only the
-            classifier before fine-tuning everything), `epochs`, `batch_size`,
+            `data_dir`, `arch` ("alexnet" or "vgg16"), `variant` (AlexNet's),
+            `image_size` (the model's input side; images are resized on the device),
+            `weights` ("imagenet" or a checkpoint path: transfer learning),
+            `freeze_epochs` (epochs training only the classifier before
+            fine-tuning everything), `epochs`, `batch_size`,
             `optimizer` ("sgd" with momentum 0.9, "adam", "adamw"),
             `learning_rate` (the peak, reached after `warmup_epochs` of linear
             warm-up), `schedule` (then cosine decay to 0, or constant),
@@ -121,6 +122,11 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
             f"expected some of {sorted(TrainConfig.__dataclass_fields__)}."
         )
     config = TrainConfig(**settings)
+    if "variant" in settings and config.model_variant is None:  # even the default, if given
+        raise ValueError(
+            f"`variant` must be left unset with arch={config.arch!r} (variants are AlexNet's), "
+            f"received variant={config.variant!r}."
+        )
     config.validate()
     backend.check_image_data_format(_data_format(config))
     _data_parallel(config)  # refuse an impossible device setup before writing anything
@@ -144,7 +150,8 @@ def _data_parallel(config: TrainConfig):
 def _run(out: Path, config: TrainConfig, verbose) -> dict:
     keras.utils.set_random_seed(config.seed)
     speed_settings = backend.tune_for_speed(keep_freed=config.keep_freed_memory)
-    data = runs.load_data(out, config, VARIANTS)  # and its class names saved beside the model
+    # and its class names saved beside the model
+    data = runs.load_data(out, config, default_input_size(config.arch, config.variant))
     parallel = _data_parallel(config)
     replicas = parallel.num_replicas if parallel else 1
     (x_train, y_train), validation = runs.split(data.x_train, data.y_train, config, replicas)
@@ -156,6 +163,7 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
     with parallel.scope() if parallel else contextlib.nullcontext():
         model = build_classifier(
             len(data.class_names),
+            arch=config.arch,
             variant=config.variant,
             image_size=config.image_size,
             weights=config.weights,
@@ -210,7 +218,7 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
             model.load_weights(done_marker)
             start_epoch = end_epoch
             continue
-        _set_features_trainable(model, phase != "head")
+        _set_features_trainable(model.get_layer(config.arch), phase != "head")
         compile_model(
             model,
             config,
@@ -270,8 +278,7 @@ def _stop_diverged(model, config: TrainConfig, out: Path, guard, backup, keep_la
     """
     if keep_last and backup.restore(model, default=None) is not None:
         atomic_save(lambda p: model.save(p), out / "model.keras")
-    learning_rate = config.learning_rate or default_learning_rate(config.optimizer, config.variant)
-    raise runs.mark_diverged(out, guard.epoch, guard.loss, learning_rate)
+    raise runs.mark_diverged(out, guard.epoch, guard.loss, config.peak_learning_rate)
 
 
 def _validation_feed(validation, batch_size: int):
@@ -282,8 +289,7 @@ def _validation_feed(validation, batch_size: int):
     return (feed["x"], feed["y"]) if "y" in feed else feed["x"]
 
 
-def _set_features_trainable(model: keras.Model, trainable: bool) -> None:
-    net = model.get_layer("alexnet")
+def _set_features_trainable(net: keras.Model, trainable: bool) -> None:
     for layer in net.layers:
         if layer.name.startswith("conv") and layer.weights:
             layer.trainable = trainable
@@ -316,7 +322,7 @@ def compile_model(
     Example:
         >>> compile_model(model, TrainConfig(), num_classes=10, steps_per_epoch=12, epochs=8)
     """
-    peak = config.learning_rate or default_learning_rate(config.optimizer, config.variant)
+    peak = config.peak_learning_rate
     warmup_steps = min(config.warmup_epochs, epochs) * steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup_steps else peak,
@@ -361,16 +367,15 @@ def _run_summary(config: TrainConfig, data, n_train: int, history: list[dict]) -
         "device": backend.device_name(),
         "versions": backend.versions(),
         "dataset": config.dataset,
-        "variant": config.variant,
-        "image_size": config.image_size or VARIANTS[config.variant].default_size,
+        "arch": config.arch,
+        "variant": config.model_variant,
+        "image_size": config.image_size or default_input_size(config.arch, config.variant),
         "mode": config.mode,
         "weights": config.weights,
         "epochs": len(history),
         "batch_size": config.batch_size,
         "optimizer": config.optimizer,
-        # The peak rate the run used: the one asked for, or the variant's default.
-        "learning_rate": config.learning_rate
-        or default_learning_rate(config.optimizer, config.variant),
+        "learning_rate": config.peak_learning_rate,
         "precision": config.precision,
         "data_format": _data_format(config),
         "train_images": n_train,

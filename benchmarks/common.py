@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_k3.core import atomic_write_json, is_out_of_memory
+from alexnet_k3.core import ARCHS_WITH_VARIANTS, atomic_write_json, is_out_of_memory
 
 KERAS_IMPLS = ("keras-torch", "keras-jax", "keras-tensorflow")
 BASELINE_IMPLS = ("torchvision-eager", "torchvision-compile")
@@ -81,6 +81,7 @@ RECORD_KEYS = (
     # The run's requested settings and the machine, identical in every record of a run.
     "settings",
     "metadata",
+    "arch",
     "variant",
     "num_classes",
     "error",
@@ -259,7 +260,11 @@ def new_record(
         image_size=config.get("image_size"),
         precision=config.get("precision"),
         jit_requested=config.get("jit"),
-        variant=config.get("variant"),
+        arch=config.get("arch", "alexnet"),
+        # The variant is AlexNet's: None for a network without variants.
+        variant=config.get("variant")
+        if config.get("arch", "alexnet") in ARCHS_WITH_VARIANTS
+        else None,
         num_classes=config.get("num_classes"),
         steps=config.get("steps"),
         warmup=config.get("warmup"),

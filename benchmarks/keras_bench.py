@@ -148,14 +148,17 @@ def _build(config):
     """The bare network for the synthetic steps, and its input shape."""
     import keras
 
-    import alexnet_k3
+    from alexnet_k3.model import build_network
 
     _set_policy(config)
     size = config["image_size"]
     channels_first = keras.config.image_data_format() == "channels_first"
     input_shape = (3, size, size) if channels_first else (size, size, 3)
-    model = alexnet_k3.AlexNet(
-        num_classes=config["num_classes"], variant=config["variant"], input_shape=input_shape
+    model = build_network(
+        config.get("arch", "alexnet"),
+        config["num_classes"],
+        variant=config["variant"],
+        input_shape=input_shape,
     )
     return model, input_shape
 
@@ -329,15 +332,17 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
         )
     y = np.eye(num_classes, dtype="float32")[labels]
     _set_policy(config)
+    arch = config.get("arch", "alexnet")
     model = build_classifier(
         num_classes,
+        arch=arch,
         variant=config["variant"],
         image_size=config["image_size"],
         augment=True,
         flip=dataset != "digits",
         raw_shape=x.shape[1:],
     )
-    network = model.get_layer("alexnet")
+    network = model.get_layer(arch)
     num_steps = -(-len(x) // batch)
     epochs = max(2, int(config.get("e2e_epochs") or 2))
     # The epochs and their synthetic twin compile alike (training's metrics

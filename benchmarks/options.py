@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from alexnet_k3.core import (
+    ARCHS,
     BACKENDS,
     DATA_FORMATS,
     DATASETS,
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="end-to-end epochs: the first (start-up) is reported apart (CPU 2, GPU 3)",
     )
     parser.add_argument(
+        "--arch",
+        default="alexnet",
+        help=f"comma-separated networks, each measured by every implementation: "
+        f"{', '.join(ARCHS)} (torchvision.models.<arch> for the baselines; default: alexnet)",
+    )
+    parser.add_argument(
         "--variant",
         choices=VARIANTS,
         default="torchvision",
@@ -219,8 +226,9 @@ def _split(text: str) -> list[str]:
 
 def _check(parser, args) -> None:
     backends, baselines, modes = _split(args.backends), _split(args.baselines), _split(args.modes)
-    timings = _split(args.timing)
+    timings, archs = _split(args.timing), _split(args.arch)
     for values, allowed, flag in (
+        (archs, ARCHS, "--arch"),
         (backends, BACKENDS, "--backends"),
         (baselines, common.BASELINE_IMPLS, "--baselines"),
         (modes, common.MODES, "--modes"),
@@ -237,7 +245,9 @@ def _check(parser, args) -> None:
         parser.error("--modes is empty; give train, infer or both")
     if not timings:
         parser.error("--timing is empty; give pipelined, per-step or both")
-    args.backends, args.baselines, args.modes = backends, baselines, modes
+    if not archs:
+        parser.error(f"--arch is empty; give one or more of {list(ARCHS)}")
+    args.backends, args.baselines, args.modes, args.arch = backends, baselines, modes, archs
     args.timing = [t for t in common.TIMINGS if t in timings]
     device = machine.detect_device() if args.device == "auto" else args.device
     args.device = device
@@ -314,6 +324,7 @@ SETTINGS_KEYS = (
     "dataset",
     "e2e_images",
     "e2e_epochs",
+    "archs",
     "variant",
     "num_classes",
     "data_format",
@@ -342,6 +353,9 @@ def worker_config(args) -> dict:
         "dataset": args.dataset,
         "e2e_images": args.e2e_images,
         "e2e_epochs": args.e2e_epochs,
+        # Every network measured; each worker gets one of them as `arch` (runner.main).
+        "archs": list(args.arch),
+        "arch": args.arch[0],
         "variant": args.variant,
         "num_classes": args.num_classes,
         "data_format": args.data_format,

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from alexnet_k3.core import ARCH_TITLES, ARCHS, ARCHS_WITH_VARIANTS
 from benchmarks import common, machine
 
 
@@ -24,7 +25,8 @@ def merge_rounds(records: list[dict]) -> list[dict]:
     """
     groups: dict[tuple, list[dict]] = {}
     for record in records:
-        groups.setdefault((record["impl"], *common.record_key(record)), []).append(record)
+        key = (record["impl"], record.get("arch"), *common.record_key(record))
+        groups.setdefault(key, []).append(record)
     merged = []
     for group in groups.values():
         good = sorted(
@@ -38,17 +40,17 @@ def merge_rounds(records: list[dict]) -> list[dict]:
 
 
 def add_ratios(records: list[dict]) -> None:
-    """Adds `ratio_vs_<baseline>`: images/s over the baseline's at the same mode, timing
-    and batch (end-to-end rows have no baseline counterpart: None)."""
+    """Adds `ratio_vs_<baseline>`: images/s over the baseline's at the same network, mode,
+    timing and batch (end-to-end rows have no baseline counterpart: None)."""
     for baseline in common.BASELINE_IMPLS:
         reference = {
-            common.record_key(r): r["images_per_sec"]
+            (r.get("arch"), *common.record_key(r)): r["images_per_sec"]
             for r in records
             if r["impl"] == baseline and r.get("images_per_sec")
         }
         key = "ratio_vs_" + baseline.replace("-", "_")
         for record in records:
-            base = reference.get(common.record_key(record))
+            base = reference.get((record.get("arch"), *common.record_key(record)))
             value = record.get("images_per_sec")
             record[key] = value / base if value and base else None
 
@@ -63,7 +65,9 @@ def _order(record):
     modes = (*common.MODES, common.E2E_MODE)
     timing = record.get("timing")
     timing_rank = common.TIMINGS.index(timing) if timing in common.TIMINGS else len(common.TIMINGS)
-    return (modes.index(record["mode"]), timing_rank, record["batch_size"], impl_rank)
+    arch = record.get("arch") or "alexnet"
+    arch_rank = ARCHS.index(arch) if arch in ARCHS else len(ARCHS)
+    return (modes.index(record["mode"]), timing_rank, record["batch_size"], arch_rank, impl_rank)
 
 
 def format_table(records: list[dict], config: dict) -> str:
@@ -73,7 +77,7 @@ def format_table(records: list[dict], config: dict) -> str:
     devices = sorted({r["device"] for r in records if r.get("device")})
     settings = config.get("settings") or {}
     lines = [
-        f"AlexNet ({config['variant']}) {config['image_size']}x{config['image_size']}, "
+        f"{networks(config)} {config['image_size']}x{config['image_size']}, "
         f"{config['precision']}, jit {config['jit']}, device {config['device']}"
         f" ({'; '.join(devices) or 'unknown'}), at least {config['steps']} steps"
         + (f" and {settings['min_seconds']:g} s" if settings.get("min_seconds") else "")
@@ -81,13 +85,14 @@ def format_table(records: list[dict], config: dict) -> str:
         + (f", median of {config['rounds']} rounds" if config.get("rounds", 1) > 1 else "")
         + (", process-wide tuning off (--no-tune)" if settings.get("tune") is False else ""),
         "",
-        "| impl | mode | timing | batch | images/s | step ms mean | step ms median "
+        "| impl | network | mode | timing | batch | images/s | step ms mean | step ms median "
         "| step ms p90 | compile s | jit | x torchvision-eager | x torchvision-compile | note |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in synthetic:
         lines.append(
-            f"| {r['impl']} | {r['mode']} | {r.get('timing') or '—'} | {r['batch_size']} "
+            f"| {r['impl']} | {r.get('arch') or 'alexnet'} | {r['mode']} "
+            f"| {r.get('timing') or '—'} | {r['batch_size']} "
             f"| {_fmt(r['images_per_sec'], '.1f')} | {_fmt(r.get('step_ms_mean'), '.1f')} "
             f"| {_fmt(r['step_ms_median'], '.1f')} | {_fmt(r['step_ms_p90'], '.1f')} "
             f"| {_fmt(r['compile_seconds'], '.1f')} | {_fmt(r.get('jit'), '')} "
@@ -101,13 +106,14 @@ def format_table(records: list[dict], config: dict) -> str:
             "pipeline (augmentation on), steady epochs after the first; vs the same "
             "network's pipelined synthetic steps",
             "",
-            "| impl | batch | dataset | images | steps timed | first epoch s "
+            "| impl | network | batch | dataset | images | steps timed | first epoch s "
             "| epoch images/s | synthetic images/s | e2e / synthetic | note |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in e2e:
             lines.append(
-                f"| {r['impl']} | {r['batch_size']} | {r.get('dataset') or '—'} "
+                f"| {r['impl']} | {r.get('arch') or 'alexnet'} | {r['batch_size']} "
+                f"| {r.get('dataset') or '—'} "
                 f"| {_fmt(r.get('epoch_images'), 'd')} | {_fmt(r.get('steps'), 'd')} "
                 f"| {_fmt(r.get('first_epoch_seconds'), '.1f')} "
                 f"| {_fmt(r['images_per_sec'], '.1f')} "
@@ -115,6 +121,21 @@ def format_table(records: list[dict], config: dict) -> str:
                 f"| {_fmt(r.get('e2e_ratio'), '.0%')} | {r.get('error') or ''} |"
             )
     return "\n".join(lines)
+
+
+def networks(config: dict) -> str:
+    """The networks a run measured, e.g. "AlexNet (torchvision) and VGG16"."""
+    names = [
+        f"{ARCH_TITLES[a]} ({config['variant']})" if a in ARCHS_WITH_VARIANTS else ARCH_TITLES[a]
+        for a in config.get("archs") or ["alexnet"]
+    ]
+    return " and ".join(names)
+
+
+def _titles(records: list[dict]) -> str:
+    """The networks of `records` by name, e.g. "AlexNet and VGG16"."""
+    archs = dict.fromkeys(r.get("arch") or "alexnet" for r in records)
+    return " and ".join(ARCH_TITLES.get(a, a) for a in archs)
 
 
 def settings_lines(records: list[dict]) -> list[str]:
@@ -155,7 +176,7 @@ def save(records: list[dict], table: str, out: Path) -> None:
     for r in records:
         if r.get("versions"):
             versions[r["impl"]] = ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v)
-    header = [f"# AlexNet throughput ({datetime.date.today().isoformat()})", ""]
+    header = [f"# {_titles(records)} throughput ({datetime.date.today().isoformat()})", ""]
     note = next((r.get("note") for r in records if r.get("note")), None)
     if note:
         header += [note, ""]
@@ -183,10 +204,13 @@ def plot(records: list[dict], path: Path) -> Path | None:
     # The chart shows the pipelined figures (the table has both timings).
     records = [r for r in records if r.get("timing") in (None, "pipelined")]
     groups = list(dict.fromkeys((r["mode"], r["batch_size"]) for r in records))
-    impls = list(dict.fromkeys(r["impl"] for r in records))
+    several = len({r.get("arch") for r in records}) > 1
+    for r in records:  # one bar per implementation, and per network when there are several
+        r["_label"] = f"{r['impl']} {r.get('arch')}" if several else r["impl"]
+    impls = list(dict.fromkeys(r["_label"] for r in records))
     width = 0.8 / max(1, len(impls))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) * max(1, len(impls)) ** 0.5), 4.5))
-    by_key = {(r["impl"], r["mode"], r["batch_size"]): r for r in records}
+    by_key = {(r.pop("_label"), r["mode"], r["batch_size"]): r for r in records}
     top = max((r["images_per_sec"] or 0 for r in records), default=0) or 1.0
     for i, impl in enumerate(impls):
         xs, heights = [], []
@@ -214,7 +238,7 @@ def plot(records: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("images / s")
     first = records[0] if records else {}
     ax.set_title(
-        f"AlexNet {first.get('image_size')}px {first.get('precision')} on "
+        f"{_titles(records)} {first.get('image_size')}px {first.get('precision')} on "
         f"{first.get('device_type')}, pipelined (labels: x torchvision-eager; end to end: "
         "% of synthetic)",
         fontsize=10,
@@ -231,7 +255,8 @@ def saved_table(path: Path) -> tuple[list[dict], str]:
     records = json.loads(path.read_text())
     first = next((r for r in records if r["mode"] != common.E2E_MODE), records[0])
     config = {
-        "variant": first.get("variant"),
+        "archs": list(dict.fromkeys(r.get("arch") or "alexnet" for r in records)),
+        "variant": next((r["variant"] for r in records if r.get("variant")), None),
         "image_size": first.get("image_size"),
         "precision": first.get("precision"),
         "jit": first.get("jit_requested"),

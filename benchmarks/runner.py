@@ -36,6 +36,7 @@ if str(_ROOT) not in sys.path:
     # Loaded by path (the CLI) or run as a file: make `benchmarks` importable.
     sys.path.insert(0, str(_ROOT))
 
+from alexnet_k3.core import ARCHS_WITH_VARIANTS  # noqa: E402
 from benchmarks import common, report  # noqa: E402
 from benchmarks.options import (  # noqa: E402, F401 - the options, re-exported for callers
     CPU_E2E_STEPS,
@@ -69,10 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     impls += [f"keras-{b}" for b in args.backends]
     measured = []
     for round_index in range(args.rounds):
-        for impl in impls:
-            if args.rounds > 1:
-                print(f"[bench] round {round_index + 1}/{args.rounds}", file=sys.stderr)
-            measured += run_impl(impl, config, timeout=args.timeout, verbose=args.verbose)
+        # Every network in each round, so a changing load on a shared machine
+        # shifts the networks' figures alike.
+        for arch in config["archs"]:
+            for impl in impls:
+                if args.rounds > 1:
+                    print(f"[bench] round {round_index + 1}/{args.rounds}", file=sys.stderr)
+                arch_config = {**config, "arch": arch}
+                measured += run_impl(impl, arch_config, timeout=args.timeout, verbose=args.verbose)
     records = report.merge_rounds(measured)
     report.add_ratios(records)
     table = report.format_table(records, config)
@@ -116,7 +121,8 @@ def failures(records: list[dict]) -> list[tuple[str, str]]:
 
 def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool = False):
     """Runs one implementation in a worker process and returns its records (never raises)."""
-    if impl in common.BASELINE_IMPLS and config["variant"] != "torchvision":
+    with_variants = config.get("arch", "alexnet") in ARCHS_WITH_VARIANTS
+    if impl in common.BASELINE_IMPLS and with_variants and config["variant"] != "torchvision":
         return common.error_records(
             impl, config, f"no torchvision model for variant {config['variant']!r}"
         )

@@ -121,6 +121,7 @@ def run(impl: str, config: dict) -> list[dict]:
                     channels_last=channels_last,
                     precision=config["precision"],
                     float32_head=config.get("equal_precision", False),
+                    arch=config.get("arch", "alexnet"),
                 )
                 for record in group:
                     record.update(_measure(step, record["timing"], batch, config, device))
@@ -183,8 +184,9 @@ def make_step(
     channels_last: bool = True,
     precision: str = "float32",
     float32_head: bool = False,
+    arch: str = "alexnet",
 ):
-    """One step of torchvision's AlexNet on a batch generated on `device` (default: the CPU).
+    """One step of torchvision's AlexNet (or `arch`) on a batch generated on `device`.
 
     Args:
         mode: "train" (forward, `CrossEntropyLoss`, backward, SGD with momentum
@@ -199,6 +201,8 @@ def make_step(
         float32_head: under mixed precision, the last Linear computes in float32
             (autocast off for it, its input cast up), as the Keras model's
             float32 logits layer does (`--equal-precision`).
+        arch: the torchvision builder, `torchvision.models.<arch>`: "alexnet" or
+            "vgg16" (`alexnet_k3.core.ARCHS`, whose names are torchvision's).
 
     Example:
         >>> step = make_step("train", 16, 224)
@@ -209,7 +213,7 @@ def make_step(
 
     device = torch.device("cpu") if device is None else device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = torchvision.models.alexnet(num_classes=num_classes)
+    model = getattr(torchvision.models, arch)(num_classes=num_classes)
     if float32_head and AMP_DTYPES[precision] is not None:
         model.classifier[-1] = float32_head(model.classifier[-1], device.type)
     model = model.to(device, memory_format=memory_format)

@@ -79,8 +79,8 @@ def test_no_import_cycle():
 LAYERS = [
     ("alexnet_k3.core", "alexnet_k3.config", "alexnet_k3.downloads"),
     ("alexnet_k3.backend", "alexnet_k3.datasets", "alexnet_k3.layers", "alexnet_k3.optimizers"),
-    ("alexnet_k3.preprocessing", "alexnet_k3.weights"),
-    ("alexnet_k3.model",),
+    ("alexnet_k3.preprocessing", "alexnet_k3.weights", "alexnet_k3.builders"),
+    ("alexnet_k3.model", "alexnet_k3.vgg"),
     ("alexnet_k3.convert", "alexnet_k3.callbacks", "alexnet_k3.report", "alexnet_k3.runs"),
     ("alexnet_k3.evaluation", "alexnet_k3.prediction"),
     ("alexnet_k3.training",),

@@ -196,6 +196,18 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
     checkpoint = tmp_path / "random-alexnet.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), checkpoint)
+
+    def pretrained(argv):
+        """The random checkpoint standing in for `--weights imagenet` in `argv`, and
+        the file name the offline error must give (VGG16's made on first use)."""
+        arch = _option(argv, "--arch") if "--arch" in argv else "alexnet"
+        if arch == "alexnet":
+            return checkpoint, "alexnet-owt-7be5be79.pth"
+        path = tmp_path / f"random-{arch}.pth"
+        if not path.exists():
+            torch.save(getattr(torchvision.models, arch)().state_dict(), path)
+        return path, "vgg16-397923af.pth"
+
     env = {
         "ALEXNET_K3_DATA": str(data),
         "TORCH_HOME": str(tmp_path / "torch-home"),  # empty cache: "imagenet" must fail cleanly
@@ -218,11 +230,14 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
             assert "nothing to resume" in result.stdout
         elif command == "train" and "imagenet" in argv:
             offline = run(argv, expect_ok=False)
+            weights, file_name = pretrained(argv)
             assert offline.returncode == 2
-            assert "alexnet-owt-7be5be79.pth" in offline.stderr
+            assert file_name in offline.stderr
             assert str(tmp_path / "torch-home") in offline.stderr
-            argv = [str(checkpoint) if a == "imagenet" else a for a in argv]
-            run(argv + ["--epochs", "2", "--freeze-epochs", "1", "--verbose", "0"])
+            argv = [str(weights) if a == "imagenet" else a for a in argv]
+            # VGG16 at its smallest input: 224x224 would take minutes on a CPU.
+            small = ["--image-size", "32"] if "vgg16" in argv else []
+            run(argv + ["--epochs", "2", "--freeze-epochs", "1", "--verbose", "0", *small])
             metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
             assert metrics["mode"] == "transfer" and metrics["epochs"] == 2
         elif command == "train":

@@ -1,10 +1,11 @@
-"""torchvision <-> Keras weights, for `AlexNet(variant="torchvision")`.
+"""torchvision <-> Keras weights, for `AlexNet(variant="torchvision")` and `VGG16`.
 
 Laid out by job, as keras-hub lays out its converters, so that a second
 architecture is one new table module and a line in `loader.TABLES`:
 
 - `alexnet`: AlexNet's conversion table (Keras layer, torchvision key, layout
-  kind, torch shape) and its pretrained record `IMAGENET1K_V1`;
+  kind, torch shape) and its pretrained record `IMAGENET1K_V1`; `vgg16`: VGG16's
+  (`VGG16_IMAGENET1K_V1` here);
 - `layouts`: the table types and the layout hooks shared by every table
   (conv OIHW <-> HWIO, dense transpose, the flatten's C,H,W <-> H,W,C order);
 - `records`: `PretrainedWeights`, what a set of published weights carries;
@@ -28,10 +29,12 @@ from alexnet_k3.weights.loader import (
     to_torchvision_state_dict,
 )
 from alexnet_k3.weights.records import PretrainedWeights
+from alexnet_k3.weights.vgg16 import IMAGENET1K_V1 as VGG16_IMAGENET1K_V1
 
 __all__ = [
     "IMAGENET1K_V1",
     "PretrainedWeights",
+    "VGG16_IMAGENET1K_V1",
     "WeightsError",
     "WeightsFileNotFoundError",
     "load_torchvision_weights",

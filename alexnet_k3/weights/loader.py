@@ -16,9 +16,11 @@ from alexnet_k3.weights.checkpoints import open_source
 from alexnet_k3.weights.errors import WeightsError
 from alexnet_k3.weights.layouts import PARAMS, ArchitectureTable
 from alexnet_k3.weights.plan import assign, describe_model, make_plan
+from alexnet_k3.weights.sources import Source
+from alexnet_k3.weights.vgg16 import VGG16
 
 # Every architecture with a converter table; read at call time.
-TABLES: tuple[ArchitectureTable, ...] = (ALEXNET,)
+TABLES: tuple[ArchitectureTable, ...] = (ALEXNET, VGG16)
 
 
 def table_for(model) -> ArchitectureTable:
@@ -36,26 +38,59 @@ def table_named(name: str) -> ArchitectureTable:
     raise WeightsError(f"No converter table named {name!r}; expected one of {known}.")
 
 
+def check_architecture(table: ArchitectureTable, source: Source) -> None:
+    """Refuses, in one line naming both, a checkpoint of another table's architecture.
+
+    A source is of another architecture when it holds every convolution of that
+    table's and not all of `table`'s (read by layer names, before any tensor).
+    """
+    torch_layout = source.layout == "torch"
+    present = {
+        k.rpartition(".")[0] if torch_layout else k.partition("/")[0] for k in source.tensors
+    }
+
+    def fits(candidate: ArchitectureTable) -> bool:
+        names = {e.prefix if torch_layout else e.layer for e in candidate.features}
+        return names <= present
+
+    if fits(table):
+        return
+    for other in TABLES:
+        if other is not table and fits(other):
+            raise WeightsError(
+                f"{source.label} holds the weights of {other.title} (`{other.torch_builder}`), "
+                f"but the model is {table.title} (`alexnet_k3.{table.keras_model}`): load it "
+                f"into `alexnet_k3.{other.keras_model}` (--arch {other.name}), or give "
+                f"{table.title} weights (--arch {table.name})."
+            )
+
+
 def _load(model, source, *, skip_mismatched_head: bool):
     layout = describe_model(model, table_for(model))
     with open_source(source, layout.table) as opened:
+        check_architecture(layout.table, opened)
         plan = make_plan(layout, opened, skip_mismatched_head)
     assign(plan)
     return model
 
 
 def load_torchvision_weights(model, source, *, skip_mismatched_head: bool = False):
-    """Loads torchvision AlexNet weights into a Keras `AlexNet(variant="torchvision")`.
+    """Loads torchvision weights into a Keras `AlexNet(variant="torchvision")` or `VGG16`.
+
+    The architecture is the model's (`TABLES`: the table whose layers it has);
+    a checkpoint of the other one is refused, naming both.
 
     Nothing is assigned until the whole checkpoint has been checked against the
     model: after any error the model's weights are unchanged.
 
     Args:
-        model: a model built by `alexnet_k3.AlexNet(variant="torchvision")` (any
-            `num_classes`, `include_top`, input size or image data format).
+        model: a model built by `alexnet_k3.AlexNet(variant="torchvision")` or
+            `alexnet_k3.VGG16()` (any `num_classes`, `include_top`, input size or
+            image data format).
         source: one of
             - `"imagenet"`: torchvision's `AlexNet_Weights.IMAGENET1K_V1`
-              (`IMAGENET1K_V1`), downloaded (`alexnet_k3.downloads`: a timeout,
+              (`IMAGENET1K_V1`) or `VGG16_Weights.IMAGENET1K_V1`
+              (`VGG16_IMAGENET1K_V1`), downloaded (`alexnet_k3.downloads`: a timeout,
               `ALEXNET_K3_DOWNLOAD_TIMEOUT`) and checked against the record's SHA-256
               into `torch.hub.get_dir()/checkpoints/`, or read from there when cached;
             - the path of a torchvision checkpoint (`.pth`/`.pt`), a state_dict saved
@@ -112,10 +147,11 @@ def load_weights(model, weights) -> None:
 
 
 def to_torchvision_state_dict(model) -> dict[str, np.ndarray]:
-    """The weights of a Keras torchvision-variant AlexNet as a torchvision state_dict.
+    """The weights of a Keras torchvision-variant AlexNet or VGG16 as a torchvision state_dict.
 
     Args:
-        model: an `AlexNet(variant="torchvision", num_classes=N)` with its top.
+        model: an `AlexNet(variant="torchvision", num_classes=N)` or a
+            `VGG16(num_classes=N)`, with its top.
 
     Returns:
         A dict of float32 numpy arrays, in torchvision's key order and layouts.
@@ -156,7 +192,7 @@ def build_from_checkpoint(source, build, *, architecture: str, num_classes: int 
         source: anything `load_torchvision_weights` takes.
         build: called with the number of classes (None when the checkpoint has no
             classifier), returns the model.
-        architecture: the table's name, e.g. "alexnet".
+        architecture: the table's name, "alexnet" or "vgg16" (`--arch`).
         num_classes: None, or the number of classes the checkpoint must have.
 
     Returns:
@@ -168,6 +204,7 @@ def build_from_checkpoint(source, build, *, architecture: str, num_classes: int 
     """
     table = table_named(architecture)
     with open_source(source, table) as opened:
+        check_architecture(table, opened)
         found = opened.head_classes(table)
         if num_classes is not None and found is not None and found != num_classes:
             raise WeightsError(

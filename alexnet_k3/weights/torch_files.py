@@ -75,7 +75,7 @@ def read_torch_file(path: pathlib.Path, table: ArchitectureTable, label: str | N
         raise WeightsError(
             f"{label} is a torch file and torch is not installed here. Install it "
             "(`pip install 'alexnet-k3[torch]'`), or convert the file once on a machine "
-            f"with torch: `alexnet-k3 convert --weights {path} --out "
+            f"with torch: `alexnet-k3 convert --arch {table.name} --weights {path} --out "
             f"{path.name.split('.')[0] or 'weights'}.weights.h5`, then pass the .weights.h5 file."
         )
     try:
@@ -205,8 +205,8 @@ def read_pretrained(name: str, table: ArchitectureTable) -> Source:
         raise WeightsError(
             f"{option_name('weights', name)} downloads torchvision's {record.file_name}, "
             "which needs torch: `pip install 'alexnet-k3[torch]'`. Without torch, convert it "
-            f"once on a machine with torch (`alexnet-k3 convert --weights {name} --out {out}`) and "
-            f"pass {option_name('weights', out)}."
+            f"once on a machine with torch (`alexnet-k3 convert --arch {table.name} --weights "
+            f"{name} --out {out}`) and pass {option_name('weights', out)}."
         )
     folder = pathlib.Path(torch.hub.get_dir()) / "checkpoints"
     cached = folder / record.file_name
@@ -234,8 +234,8 @@ def read_pretrained(name: str, table: ArchitectureTable) -> Source:
             f"{what} It passed its SHA-256 check, so it was removed from torch hub's cache "
             f"and the next run downloads it again; if that ends in the same error, this "
             f"torch ({torch.__version__}) cannot read torchvision's file: upgrade torch, or "
-            f"convert it where torch can (`alexnet-k3 convert --weights {name} --out "
-            f"{table.name}_{name}.weights.h5`)."
+            f"convert it where torch can (`alexnet-k3 convert --arch {table.name} --weights "
+            f"{name} --out {table.name}_{name}.weights.h5`)."
         ) from error
 
 
