@@ -339,10 +339,12 @@ def served_imagenet(tmp_path, monkeypatch):
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/{IMAGENET1K_V1.file_name}"
     record = dataclasses.replace(IMAGENET1K_V1, url=url, sha256_prefix=digest[:8])
-    (table,) = loader.TABLES
-    monkeypatch.setattr(
-        loader, "TABLES", (dataclasses.replace(table, pretrained={"imagenet": record}),)
+    # AlexNet's table serves the record; the other architectures' tables stay as they are.
+    tables = tuple(
+        dataclasses.replace(t, pretrained={"imagenet": record}) if t.name == "alexnet" else t
+        for t in loader.TABLES
     )
+    monkeypatch.setattr(loader, "TABLES", tables)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
     try:
