@@ -215,7 +215,7 @@ def make_step(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = getattr(torchvision.models, arch)(num_classes=num_classes)
     if float32_head and AMP_DTYPES[precision] is not None:
-        model.classifier[-1] = float32_head(model.classifier[-1], device.type)
+        model.classifier[-1] = float32_linear(model.classifier[-1], device.type)
     model = model.to(device, memory_format=memory_format)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     amp_dtype = AMP_DTYPES[precision]
@@ -250,7 +250,7 @@ def make_step(
     return train
 
 
-def float32_head(linear, device_type: str):
+def float32_linear(linear, device_type: str):
     """`linear` computing in float32 under autocast (a torch module)."""
     import torch
 

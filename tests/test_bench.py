@@ -624,3 +624,23 @@ def test_only_a_framework_that_is_not_installed_counts_as_missing(
     (record,) = json.loads(result_path.read_text())
     assert record["error"].startswith("missing: ") is missing, record["error"]
     assert bool(runner.failures([record])) is not missing
+
+
+@pytest.mark.once
+def test_baseline_equal_precision_computes_its_head_in_float32():
+    # `--equal-precision` under mixed precision: torchvision's last Linear as the
+    # Keras model's float32 logits layer, autocast's bfloat16 otherwise.
+    torch = pytest.importorskip("torch")
+    from benchmarks import torchvision_baseline
+
+    def logits(**options):
+        return torchvision_baseline.make_step(
+            "infer", 2, 64, num_classes=10, precision="mixed_bfloat16", **options
+        )()
+
+    assert logits(float32_head=True).dtype == torch.float32
+    assert logits().dtype == torch.bfloat16
+    train = torchvision_baseline.make_step(
+        "train", 2, 64, num_classes=10, precision="mixed_bfloat16", float32_head=True
+    )
+    assert torch.isfinite(train())
