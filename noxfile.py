@@ -66,7 +66,9 @@ def tests(session: nox.Session, backend: str) -> None:
     """Run the test suite on one Keras backend (all three are installed for cross-backend tests)."""
     env = _all_backends(session)
     session.run(
-        _program("pytest"), *(session.posargs or ["-q"]), env={**env, "KERAS_BACKEND": backend}
+        _program("pytest"),
+        *(session.posargs or ["-q", "--durations=25"]),
+        env={**env, "KERAS_BACKEND": backend},
     )
 
 
