@@ -34,15 +34,17 @@ def data_format(request):
 
 
 BACKEND = keras.config.backend()
-# Tests marked `once` do the same whatever this process runs on (they start their own
-# processes, on every backend or on none): repeating them per session tests nothing new.
+# Tests marked `once` run in the torch session only: those that do the same whatever
+# this process runs on (they start their own processes, on every backend or on none),
+# and the few whose repeat on every backend CI cannot afford (VGG16's training run,
+# 3-5 minutes a backend). ALEXNET_K3_ONCE_EVERYWHERE=1 runs them in every session.
 ONCE_BACKEND = "torch"
 
 
 def pytest_collection_modifyitems(config, items):
-    if BACKEND == ONCE_BACKEND:
+    if BACKEND == ONCE_BACKEND or os.environ.get("ALEXNET_K3_ONCE_EVERYWHERE") == "1":
         return
-    skip = pytest.mark.skip(reason=f"the same on every backend: run in the {ONCE_BACKEND} session")
+    skip = pytest.mark.skip(reason=f"marked once: run in the {ONCE_BACKEND} session")
     for item in items:
         if "once" in item.keywords:
             item.add_marker(skip)
