@@ -91,6 +91,28 @@ def train(session: nox.Session, backend: str) -> None:
 
 
 @nox.session(venv_backend="none")
+def dist(session: nox.Session) -> None:
+    """An N-process data-parallel job on this machine: `nox -s dist -- BACKEND N [train args]`."""
+    env = _all_backends(session)
+    backend, processes, *args = session.posargs or ["torch", "2"]
+    if not processes.isdigit():
+        session.error(f"usage: nox -s dist -- BACKEND PROCESSES [train args]; got {processes!r}")
+    args = args or ["--dataset", "digits", "--epochs", "3", "--batch-size", "64"]
+    session.run(
+        _program("python"),
+        "-m",
+        "alexnet_k3.launch",
+        backend,
+        processes,
+        "train",
+        "--data-parallel",
+        *args,
+        *([] if "--out" in args else ["--out", f"runs/dist-{backend}-{processes}"]),
+        env=env,
+    )
+
+
+@nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
     """Offline main job: digits on every backend, cross-backend evaluation, compare table.
 

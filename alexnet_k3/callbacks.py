@@ -1,7 +1,10 @@
 """Keras callbacks for runs that can be killed at any moment and resumed.
 
 Every file goes through `alexnet_k3.core`'s write-then-rename, so a run killed
-mid-write leaves the previous complete file, never a truncated one.
+mid-write leaves the previous complete file, never a truncated one. With
+`write=False` (the processes of a multi-process job other than process 0) a
+callback keeps its bookkeeping and writes nothing. `fit_callbacks` is the list
+`train` passes to `fit`, and `stop_diverged` how it ends a diverged run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import keras
 
-from alexnet_k3 import backend
+from alexnet_k3 import backend, runs
 from alexnet_k3.core import atomic_save, atomic_write_text, read_json
 
 
@@ -62,9 +65,10 @@ class EpochBackup(keras.callbacks.Callback):
         >>> model.fit(x, y, epochs=10, initial_epoch=start, callbacks=[backup])
     """
 
-    def __init__(self, backup_dir):
+    def __init__(self, backup_dir, write: bool = True):
         super().__init__()
         self.backup_dir = Path(backup_dir)
+        self.write = write
         self._pointer = self.backup_dir / "latest.json"
         self._random_state = None  # restored as the first epoch begins
 
@@ -104,12 +108,14 @@ class EpochBackup(keras.callbacks.Callback):
             self._random_state = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if not finite_loss(logs):
+        if not finite_loss(logs) or not self.write:
             return
         self.backup_dir.mkdir(parents=True, exist_ok=True)
         done = epoch + 1
         name = f"epoch-{done:04d}.weights.h5"
-        atomic_save(lambda p: self.model.save_weights(p, overwrite=True), self.backup_dir / name)
+        with backend.outside_distribution():  # process 0 alone saves
+            save = lambda p: self.model.save_weights(p, overwrite=True)  # noqa: E731
+            atomic_save(save, self.backup_dir / name)
         # The random state goes with the weights: the next epoch then shuffles and
         # drops out as it would have without the interruption.
         pointer = {"epoch": done, "weights": name, "random_state": backend.random_state(self.model)}
@@ -127,10 +133,12 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         monitor: a key of the epoch logs, e.g. "val_accuracy".
         mode: "max" or "min".
         best: the best value seen so far (when resuming a run).
+        write: False tracks the best value without saving.
     """
 
-    def __init__(self, path, monitor="val_accuracy", mode="max", best=None):
+    def __init__(self, path, monitor="val_accuracy", mode="max", best=None, write=True):
         super().__init__()
+        self.write = write
         self.path = Path(path)
         self.monitor = monitor
         self.better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
@@ -142,7 +150,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         if self.best is None or self.better(float(value), self.best):
             self.best = float(value)
-            atomic_save(lambda p: self.model.save(p), self.path)
+            if self.write:
+                with backend.outside_distribution():  # process 0 alone saves
+                    atomic_save(lambda p: self.model.save(p), self.path)
 
 
 class HistoryWriter(keras.callbacks.Callback):
@@ -152,10 +162,11 @@ class HistoryWriter(keras.callbacks.Callback):
     replaces its earlier, interrupted record rather than adding a second one.
     """
 
-    def __init__(self, path, phase="train"):
+    def __init__(self, path, phase="train", write: bool = True):
         super().__init__()
         self.path = Path(path)
         self.phase = phase
+        self.write = write
         self.epochs = load_history(self.path)
         self._started = None
 
@@ -171,7 +182,8 @@ class HistoryWriter(keras.callbacks.Callback):
             record["diverged"] = True
         self.epochs = [e for e in self.epochs if e["epoch"] != epoch + 1] + [record]
         self.epochs.sort(key=lambda e: e["epoch"])
-        atomic_write_text(self.path, json.dumps(self.epochs, indent=1))
+        if self.write:
+            atomic_write_text(self.path, json.dumps(self.epochs, indent=1))
 
 
 def load_history(path) -> list[dict]:
@@ -183,3 +195,42 @@ def load_history(path) -> list[dict]:
         "restore the file, or start a new run in another folder."
     )
     return read_json(path, advice, list)
+
+
+def fit_callbacks(out: Path, phase: str, *, validation: bool, best=None, write=True) -> list:
+    """The callbacks `train` passes to `fit` for one phase of the run in `out`.
+
+    In order: `DivergenceGuard`, `HistoryWriter`, with `validation` a
+    `BestModelCheckpoint` of `val_accuracy` (to beat `best`), and `EpochBackup`
+    last, so an epoch counts as done only once its history and best model are
+    written: a kill before the backup reruns the epoch, it never skips a write.
+
+    All of them act once an epoch, none per batch: a callback with a batch hook
+    (`on_train_batch_end`...) turns off Keras's asynchronous logs, and every
+    step then waits for the device to hand its loss back to the host. With
+    `write=False` (a job's processes other than 0) they write nothing.
+
+    Example:
+        >>> model.fit(x, y, callbacks=fit_callbacks(Path("runs/x"), "train", validation=True))
+    """
+    callbacks = [DivergenceGuard(), HistoryWriter(out / "history.json", phase, write)]
+    if validation:
+        callbacks.append(BestModelCheckpoint(out / "model.keras", best=best, write=write))
+    callbacks.append(EpochBackup(out / "state" / f"backup-{phase}", write))
+    return callbacks
+
+
+def stop_diverged(model, config, out: Path, guard, backup, keep_last: bool, write: bool):
+    """Keeps the last finite epoch as `model.keras`, marks the run diverged, raises.
+
+    Without a validation hold-out `model.keras` is the last epoch's model: the
+    backup of the last finite epoch becomes it. With one, the best model saved
+    so far (never a diverged epoch's) stays. Without `write` (a job's processes
+    other than 0) it only raises.
+    """
+    if keep_last and backup.restore(model, default=None) is not None:
+        with backend.outside_distribution():
+            atomic_save(lambda p: model.save(p), out / "model.keras")
+    if not write:
+        raise runs.TrainingDiverged(f"Training diverged in epoch {guard.epoch}: see process 0.")
+    raise runs.mark_diverged(out, guard.epoch, guard.loss, config.peak_learning_rate)

@@ -183,7 +183,9 @@ class TrainConfig:
     data_parallel: bool = option(
         False,
         "split each batch across local devices (jax: keras.distribution.DataParallel, "
-        "tensorflow: tf.distribute.MirroredStrategy)",
+        "tensorflow: tf.distribute.MirroredStrategy), or across the processes of a job "
+        "launched with torchrun (torch) or KERAS_DISTRIBUTION_* (jax); --batch-size stays "
+        "the global batch",
         kind="bool",
     )
     devices: int | None = option(

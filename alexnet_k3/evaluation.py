@@ -30,6 +30,7 @@ def load_model(path) -> keras.Model:
     import alexnet_k3.optimizers  # noqa: F401  (and the optimizer saved with a trained model)
     import alexnet_k3.preprocessing  # noqa: F401
 
+    backend.keep_tensorflow_unimported()  # Keras's loading would import it on torch/jax
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(

@@ -28,6 +28,7 @@ from alexnet_k3.core import (
     read_json,
     remove_stale_temp_files,
 )
+from alexnet_k3.launch import process_label
 
 try:
     import fcntl
@@ -79,8 +80,8 @@ class RunFolderBusy(OSError):
 
 
 def warn(message: str) -> None:
-    """A warning about a run that goes on (stderr, one line)."""
-    print(f"warning: {message}", file=sys.stderr)
+    """A warning about a run that goes on (stderr, one line, led by the process in a job)."""
+    print(f"warning: {process_label()}{message}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -307,8 +308,8 @@ def abandon(out: Path) -> None:
         (Path(out) / name).unlink(missing_ok=True)
 
 
-def load_data(out: Path, config: TrainConfig, default_size: int):
-    """The run's `Dataset`, its class names saved beside the model (`save_class_names`).
+def load_data(out: Path, config: TrainConfig, default_size: int, save: bool = True):
+    """The run's `Dataset`, its class names saved beside the model unless not `save`.
 
     An image folder is decoded at `cache_side` of the network's input side (the
     `image_size`, else `default_size`, `model.default_input_size`), and split by
@@ -322,7 +323,8 @@ def load_data(out: Path, config: TrainConfig, default_size: int):
         options = {"image_size": datasets.folder.cache_side(side), "seed": config.seed}
         options.update(test_split=config.test_split, strict=config.strict)
     data = datasets.load_dataset(config.dataset, data_dir=config.data_dir, **options)
-    save_class_names(out, data.class_names)
+    if save:
+        save_class_names(out, data.class_names)
     return data
 
 

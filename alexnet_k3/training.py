@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from pathlib import Path
 
 import keras
 
 from alexnet_k3 import backend, runs
-from alexnet_k3.callbacks import (
-    BestModelCheckpoint,
-    DivergenceGuard,
-    EpochBackup,
-    HistoryWriter,
-    load_history,
-)
+from alexnet_k3.callbacks import fit_callbacks, load_history, stop_diverged
 from alexnet_k3.config import TrainConfig
 from alexnet_k3.core import atomic_save
 from alexnet_k3.model import build_classifier, default_input_size, weights_checksum
@@ -40,7 +35,8 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
         resume: continue the run in `out` with its saved `config.json`; epochs
             already completed are not run again (a run killed at any moment,
             even mid-epoch, completes the same total number of epochs).
-        verbose: Keras's `fit` verbosity ("auto", 0, 1 progress bar, 2 one line per epoch).
+        verbose: Keras's `fit` verbosity: 0, 1 (a progress bar), 2 (one line per
+            epoch) or "auto": 1 on a terminal, 2 into a file or a CI log.
         **settings: any field of `TrainConfig`: `dataset` ("digits" or "cifar10"),
             `data_dir`, `arch` ("alexnet" or "vgg16"), `variant` (AlexNet's),
             `image_size` (the model's input side; images are resized on the device),
@@ -59,7 +55,11 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             run: "recommended", the default, is
             `backend.recommended_image_data_format()`, channels_first on torch),
             `data_parallel` (split each batch across `devices` local devices, all
-            by default: jax and tensorflow backends; see `backend.DataParallel`),
+            by default, on jax and tensorflow; or join the multi-process job
+            that torchrun or KERAS_DISTRIBUTION_* describe, torch and jax:
+            `batch_size` stays the global batch, process 0 alone writes `out`,
+            every process prints its final weights' checksum, and processes
+            other than 0 return only that; see `backend.data_parallel`),
             `keep_freed_memory` (on a CPU: `backend.keep_freed_memory()`, a
             process-wide glibc setting, on by default; recorded in `metrics.json`).
 
@@ -72,13 +72,29 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
         True
     """
     out = Path(out)
+    job = backend.job_in_environment()
     # One writer per folder; a failed start leaves no folder, no lock, no temp files.
-    with runs.lock(out):
+    # A job's processes other than 0 only read it (process 0 holds the lock).
+    with runs.lock(out) if job is None or job[0] == 0 else contextlib.nullcontext():
+        # In a job, process 0 alone prints progress.
+        verbose = 0 if job is not None and job[0] > 0 else fit_verbosity(verbose)
         return _train(out, resume, verbose, settings)
 
 
+def fit_verbosity(verbose):
+    """`fit`'s `verbose` for this process: "auto" is a progress bar on a terminal only.
+
+    Keras's own "auto" draws the bar everywhere, refreshed twice a second; into
+    a file or a CI log that is not a terminal those refreshes pile up as lines,
+    so there it is one line per epoch (2).
+    """
+    if verbose != "auto":
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _train(out: Path, resume: bool, verbose, settings: dict) -> dict:
-    config = _prepare_run(out, resume, settings)
+    config, parallel = _prepare_run(out, resume, settings)
     slower = backend.precision_warning(config.precision)  # measured on this device
     if slower:
         runs.warn(slower)
@@ -87,18 +103,18 @@ def _train(out: Path, resume: bool, verbose, settings: dict) -> dict:
     done = runs.finished(out) if resume else None
     if done is not None:
         print(f"{out} already holds a finished run; nothing to resume.")
-        return done
+        return done if parallel.writes else {"rank": parallel.rank}
 
     previous_policy = keras.mixed_precision.dtype_policy()
     previous_format = keras.config.image_data_format()
     keras.mixed_precision.set_dtype_policy(config.precision)
     keras.config.set_image_data_format(_data_format(config))
     try:
-        return _run(out, config, verbose)
+        return _run(out, config, verbose, parallel)
     except BaseException:
         # Failed before finishing one epoch (weights missing, no data, ...): nothing to
         # resume, so free the folder for a corrected start with the same `out`.
-        if not resume and not (out / "history.json").exists():
+        if parallel.writes and not resume and not (out / "history.json").exists():
             runs.abandon(out)
         raise
     finally:
@@ -112,9 +128,11 @@ def _data_format(config: TrainConfig) -> str:
     return config.data_format
 
 
-def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
+def _prepare_run(out: Path, resume: bool, settings: dict):
+    """The run's config and the engine it trains with (`_data_parallel`)."""
     if resume:
-        return runs.saved_config(out, settings)
+        config = runs.saved_config(out, settings)
+        return config, _data_parallel(config)  # a job joins before jax computes anything
     unknown = set(settings) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(
@@ -129,16 +147,18 @@ def _prepare_run(out: Path, resume: bool, settings: dict) -> TrainConfig:
         )
     config.validate()
     backend.check_image_data_format(_data_format(config))
-    _data_parallel(config)  # refuse an impossible device setup before writing anything
-    runs.start(out, config)
-    return config
+    parallel = _data_parallel(config)  # refuse an impossible setup before writing anything
+    if parallel.writes:
+        runs.start(out, config)
+    return config, parallel
 
 
 def _data_parallel(config: TrainConfig):
-    """The `backend.DataParallel` this run asks for (None for one device), checked."""
+    """The engine this run asks for, checked: `backend.data_parallel`'s, or `OneDevice`."""
     if not config.data_parallel:
-        return None
-    parallel = backend.DataParallel(config.devices)
+        backend.refuse_job_without_data_parallel()
+        return backend.OneDevice()
+    parallel = backend.data_parallel(config.devices)
     if config.batch_size % parallel.num_replicas:
         raise ValueError(
             f"batch_size={config.batch_size} does not split evenly over "
@@ -147,20 +167,23 @@ def _data_parallel(config: TrainConfig):
     return parallel
 
 
-def _run(out: Path, config: TrainConfig, verbose) -> dict:
+def _run(out: Path, config: TrainConfig, verbose, parallel) -> dict:
+    backend.keep_tensorflow_unimported()  # before seeding: Keras's seeding would import it
     keras.utils.set_random_seed(config.seed)
     speed_settings = backend.tune_for_speed(keep_freed=config.keep_freed_memory)
     # and its class names saved beside the model
-    data = runs.load_data(out, config, default_input_size(config.arch, config.variant))
-    parallel = _data_parallel(config)
-    replicas = parallel.num_replicas if parallel else 1
-    (x_train, y_train), validation = runs.split(data.x_train, data.y_train, config, replicas)
+    size = default_input_size(config.arch, config.variant)
+    data = runs.load_data(out, config, size, save=parallel.writes)
+    replicas = parallel.num_replicas
+    # A job pads each epoch to split evenly (`backend.shard_feed`); one process trims.
+    trim = 1 if parallel.processes > 1 else replicas
+    (x_train, y_train), validation = runs.split(data.x_train, data.y_train, config, trim)
     n_val = 0 if validation is None else len(validation[0])
     runs.check_split(len(x_train), n_val, len(data.x_train), y_train.shape[1], config)
 
     history_path = out / "history.json"
     best_path = out / "model.keras"
-    with parallel.scope() if parallel else contextlib.nullcontext():
+    with parallel.scope():
         model = build_classifier(
             len(data.class_names),
             arch=config.arch,
@@ -174,10 +197,23 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
             seed=config.seed,
         )
         initial_checksum = weights_checksum(model)
-        _fit_phases(model, config, out, (x_train, y_train), validation, verbose)
+        try:
+            _fit_phases(model, config, out, (x_train, y_train), validation, verbose, parallel)
+        except Exception as error:
+            lost = parallel.lost(error)
+            if lost is None:
+                raise
+            raise lost from None  # one line: which process, and to --resume
         holding = backend.replicas_holding(model)
-        if validation is None:
-            atomic_save(lambda p: model.save(p), best_path)
+        if validation is None and parallel.writes:
+            with backend.outside_distribution():  # process 0 alone saves
+                atomic_save(lambda p: model.save(p), best_path)
+        if parallel.processes > 1:
+            final = weights_checksum(model)  # equal on every process, or DDP failed
+            print(f"process {parallel.rank} of {parallel.processes}: final weights {final}")
+            parallel.finish()
+            if not parallel.writes:  # process 0 tests the model and reports
+                return {"rank": parallel.rank, "final_weights_sha256": final}
 
     # The best epoch, reloaded outside any distribution: evaluation runs on one device.
     from alexnet_k3.evaluation import evaluate_arrays, load_model
@@ -188,6 +224,7 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
     metrics.update(_run_summary(config, data, len(x_train), history))
     metrics.update(init=config.init, initial_weights_sha256=initial_checksum)
     metrics.update(devices=replicas, replicas_holding_weights=holding, **speed_settings)
+    metrics.update(processes=parallel.processes)
     from alexnet_k3 import report
 
     report.write_run(out, metrics, history, best, data)
@@ -195,11 +232,13 @@ def _run(out: Path, config: TrainConfig, verbose) -> dict:
     return metrics
 
 
-def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, verbose) -> None:
+def _fit_phases(model, config, out: Path, train_data, validation, verbose, parallel) -> None:
     """Runs `fit` once, or twice with transfer learning's frozen-features phase first.
 
     Each phase finished leaves its weights in `state/`, so a resumed run skips it.
+    `parallel` (`_data_parallel`'s) feeds the data and says whether to write.
     """
+    train_feed = parallel.train_feed(*train_data, config.batch_size, config.seed)
     phases = [("train", config.epochs)]
     if config.freeze_epochs:
         phases = [("head", config.freeze_epochs), ("finetune", config.epochs)]
@@ -223,70 +262,34 @@ def _fit_phases(model, config: TrainConfig, out: Path, train_data, validation, v
             model,
             config,
             num_classes=train_data[1].shape[1],
-            steps_per_epoch=-(-len(train_data[0]) // config.batch_size),
+            steps_per_epoch=parallel.steps_per_epoch(len(train_data[0]), config.batch_size),
             epochs=end_epoch - start_epoch,
         )
-        callbacks = fit_callbacks(out, phase, validation=validation is not None, best=best_so_far)
+        parallel.prepare(model)
+        callbacks = fit_callbacks(
+            out, phase, validation=validation is not None, best=best_so_far, write=parallel.writes
+        )
         guard, backup = callbacks[0], callbacks[-1]
         model.fit(
-            **backend.array_feed(*train_data, batch_size=config.batch_size, shuffle=True),
+            **train_feed,
             epochs=end_epoch,
             initial_epoch=backup.restore(model, default=start_epoch),
-            validation_data=_validation_feed(validation, config.batch_size),
-            callbacks=callbacks,
+            validation_data=validation and parallel.validation_feed(*validation, config.batch_size),
+            callbacks=parallel.callbacks(train_feed) + callbacks,
             verbose=verbose,
         )
         if guard.epoch is not None:
-            _stop_diverged(model, config, out, guard, backup, keep_last=validation is None)
+            keep_last = validation is None and parallel.writes
+            stop_diverged(model, config, out, guard, backup, keep_last, parallel.writes)
         if validation is not None:
             best_so_far = callbacks[2].best
-        state_dir.mkdir(exist_ok=True)
-        atomic_save(lambda p: model.save_weights(p), done_marker)
-        # Only now: a kill before the marker is written resumes from the backup.
-        shutil.rmtree(backup.backup_dir, ignore_errors=True)
+        if parallel.writes:
+            state_dir.mkdir(exist_ok=True)
+            with backend.outside_distribution():
+                atomic_save(lambda p: model.save_weights(p), done_marker)
+            # Only now: a kill before the marker is written resumes from the backup.
+            shutil.rmtree(backup.backup_dir, ignore_errors=True)
         start_epoch = end_epoch
-
-
-def fit_callbacks(out: Path, phase: str, *, validation: bool, best=None) -> list:
-    """The callbacks `train` passes to `fit` for one phase of the run in `out`.
-
-    In order: `DivergenceGuard`, `HistoryWriter`, with `validation` a
-    `BestModelCheckpoint` of `val_accuracy` (to beat `best`), and `EpochBackup`
-    last, so an epoch counts as done only once its history and best model are
-    written: a kill before the backup reruns the epoch, it never skips a write.
-
-    All of them act once an epoch, none per batch: a callback with a batch hook
-    (`on_train_batch_end`...) turns off Keras's asynchronous logs, and every
-    step then waits for the device to hand its loss back to the host.
-
-    Example:
-        >>> model.fit(x, y, callbacks=fit_callbacks(Path("runs/x"), "train", validation=True))
-    """
-    callbacks = [DivergenceGuard(), HistoryWriter(out / "history.json", phase=phase)]
-    if validation:
-        callbacks.append(BestModelCheckpoint(out / "model.keras", "val_accuracy", "max", best=best))
-    callbacks.append(EpochBackup(out / "state" / f"backup-{phase}"))
-    return callbacks
-
-
-def _stop_diverged(model, config: TrainConfig, out: Path, guard, backup, keep_last: bool):
-    """Keeps the last finite epoch as `model.keras`, marks the run diverged, raises.
-
-    Without a validation hold-out `model.keras` is the last epoch's model: the
-    backup of the last finite epoch becomes it. With one, the best model saved
-    so far (never a diverged epoch's) stays.
-    """
-    if keep_last and backup.restore(model, default=None) is not None:
-        atomic_save(lambda p: model.save(p), out / "model.keras")
-    raise runs.mark_diverged(out, guard.epoch, guard.loss, config.peak_learning_rate)
-
-
-def _validation_feed(validation, batch_size: int):
-    """`fit`'s `validation_data` in the form `backend.array_feed` chose."""
-    if validation is None:
-        return None
-    feed = backend.array_feed(*validation, batch_size=batch_size)
-    return (feed["x"], feed["y"]) if "y" in feed else feed["x"]
 
 
 def _set_features_trainable(net: keras.Model, trainable: bool) -> None:

@@ -335,11 +335,12 @@ class _InterruptAfterFirstBackup(EpochBackup):
 def test_a_resumed_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
     # Dropout and pad-crop draw from SeedGenerators, the shuffle from the global
     # generators: a resume restores them all (tensorflow: see the README).
-    from alexnet_k3 import backend, training
+    from alexnet_k3 import backend, callbacks
 
     settings = dict(dataset="digits", epochs=2, batch_size=256, augment=True, verbose=0)
     whole = train(tmp_path / "whole", **settings)
-    monkeypatch.setattr(training, "EpochBackup", _InterruptAfterFirstBackup)
+    # training.fit_callbacks builds it (alexnet_k3.callbacks).
+    monkeypatch.setattr(callbacks, "EpochBackup", _InterruptAfterFirstBackup)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "cut", **settings)
     monkeypatch.undo()

@@ -21,11 +21,13 @@ import hashlib
 import http.server
 import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import textwrap
 import threading
-import types
 from pathlib import Path
 
 import keras
@@ -35,6 +37,8 @@ import tomllib
 from cifar_files import write_cifar10
 from folder_files import CLASSES, write_photo_folder
 from readme_snippets import python_blocks, run_block
+
+from alexnet_k3 import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -107,10 +111,11 @@ def test_readme_commands_are_all_accounted_for():
     ]
     ci_sessions = nox_sessions_run(CI_SCRIPT)
     for argv in COMMANDS:
-        if argv[0] == "alexnet-k3":
+        if argv[0] in ("alexnet-k3", "torchrun"):
             continue  # run by test_readme_cli_commands below
         if argv[:2] == ["nox", "-s"]:
-            for session in argv[2:]:
+            sessions = argv[2 : argv.index("--")] if "--" in argv else argv[2:]
+            for session in sessions:
                 assert session in ci_sessions, f"CI (.ci/run) does not run {argv}"
         elif argv[:2] == ["pip", "install"]:
             target = argv[2]
@@ -141,43 +146,31 @@ def _session_source(name: str) -> str:
     pytest.fail(f"noxfile.py has no session {name}")
 
 
-def test_readme_distribution_variables_reach_keras(monkeypatch):
-    # The README's `export KERAS_DISTRIBUTION_*` lines, as keras.distribution.initialize()
-    # (which the package calls on jax for several hosts) passes them to the backend.
-    from keras.src.distribution import distribution_lib
-
+def test_readme_distribution_variables_reach_jax(monkeypatch):
+    # The README's `export KERAS_DISTRIBUTION_*` lines: read as this process's place in
+    # a job, and passed on to jax.distributed.initialize as keras.distribution's would.
     exported = dict(argv[1].split("=", 1) for argv in COMMANDS if argv[0] == "export")
     assert len(exported) == 3
+    assert launch.job_process("jax", exported) == (
+        int(exported["KERAS_DISTRIBUTION_PROCESS_ID"]),
+        int(exported["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
+    )
+    if BACKEND != "jax":
+        return
+    import jax
+
+    from alexnet_k3.backend import jobs
+
     for name, value in exported.items():
         monkeypatch.setenv(name, value)
-    received = []
-
-    def initialize(*args):
-        received.append(args)
-
-    if distribution_lib.distribution_lib is None:  # backends without distribution support
-        monkeypatch.setattr(
-            distribution_lib, "distribution_lib", types.SimpleNamespace(initialize=initialize)
-        )
-    else:
-        # tensorflow's distribution module has no `initialize` of its own (Keras 3.15).
-        monkeypatch.setattr(
-            distribution_lib.distribution_lib, "initialize", initialize, raising=False
-        )
-    if BACKEND == "jax":
-        from alexnet_k3.backend import DataParallel, parallel
-
-        monkeypatch.setattr(parallel, "_jax_initialized", lambda: False)
-        DataParallel()  # joins the cluster the variables describe, then uses local devices
-    else:
-        keras.distribution.initialize()
-    assert received == [
-        (
-            exported["KERAS_DISTRIBUTION_JOB_ADDRESSES"],
-            int(exported["KERAS_DISTRIBUTION_NUM_PROCESSES"]),
-            int(exported["KERAS_DISTRIBUTION_PROCESS_ID"]),
-        )
-    ]
+    received = {}
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: received.update(kwargs))
+    job = object.__new__(jobs.Job)
+    job.rank, job.processes, job.timeout = 0, 2, 20.0
+    job._join_jax()
+    assert received["coordinator_address"] == "host0:1234"  # the first address: process 0
+    assert (received["num_processes"], received["process_id"]) == (2, 0)
 
 
 # The commands as written: run once (torch session). Each backend's own train,
@@ -221,6 +214,16 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
 
     ran = 0
     for argv in COMMANDS:
+        if argv[0] == "torchrun":  # 2 CPU processes here, for the README's GPUs
+            (port,) = launch.free_ports(1)
+            nproc = ["--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
+            argv = ["alexnet-k3", *nproc, f"--master-port={port}", *argv[3:]]
+            result = _run_torchrun(argv[1:] + quick, cwd=tmp_path, env=env)
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+            metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
+            assert metrics["processes"] == 2 and metrics["devices"] == 2
+            ran += 1
+            continue
         if argv[0] != "alexnet-k3":
             continue
         ran += 1
@@ -290,6 +293,18 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
 
 def _option(argv, name):
     return argv[argv.index(name) + 1]
+
+
+def _run_torchrun(args, cwd, env):
+    """`torchrun ARGS` (torch's own launcher, `python -m torch.distributed.run`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        env={**os.environ, **env, "KERAS_BACKEND": "torch"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 PYTHON_BLOCKS = python_blocks(README)

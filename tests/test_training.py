@@ -386,3 +386,29 @@ def test_fit_callbacks_leave_every_step_asynchronous(tmp_path, phase, validation
     # tensorflow's backend is not thread safe: Keras never dispatches logs asynchronously there.
     assert keras.callbacks.CallbackList(callbacks)._async_train is IS_THREAD_SAFE
     assert keras.callbacks.CallbackList(callbacks)._async_test is IS_THREAD_SAFE
+
+
+def test_a_logged_run_prints_a_line_an_epoch_and_leaves_tensorflow_unimported(tmp_path):
+    """Into a pipe (a CI log), no progress-bar redraws; on torch and jax no TensorFlow."""
+    script = f"""
+import sys
+from alexnet_k3.cli import main
+code = main(["train", "--dataset", "digits", "--epochs", "2", "--batch-size", "256",
+             "--out", {str(tmp_path / "run")!r}])
+print("tensorflow imported:", "tensorflow" in sys.modules)
+raise SystemExit(code)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Epoch 1/2" in result.stdout and "Epoch 2/2" in result.stdout
+    # A progress bar rewrites its line with backspaces and carriage returns.
+    assert "\r" not in result.stdout and "\b" not in result.stdout, result.stdout[-500:]
+    if BACKEND != "tensorflow":
+        assert "tensorflow imported: False" in result.stdout
+        assert "oneDNN" not in result.stderr, result.stderr[-2000:]

@@ -69,6 +69,55 @@ def array_feed(x, y=None, *, batch_size: int, shuffle: bool = False) -> dict:
     return feed
 
 
+def shard_feed(
+    x, y, *, batch_size: int, rank: int, processes: int, replicas=None, shuffle_seed=None
+):
+    """This process's share of every global batch of `x, y`: a `keras.utils.PyDataset`.
+
+    For a multi-process job, where each process feeds `fit` its local share and the
+    engine assembles the global batch (`batch_size` images). With `shuffle_seed`,
+    every epoch is a permutation seeded by the seed and the epoch (`epoch`, set
+    before each epoch), so every process draws the same one; it is padded with
+    its own first items to a multiple of `replicas` (the job's devices, by default
+    `processes`), as torch's `DistributedSampler` pads, and every process takes
+    its slice of each global batch: the shares are disjoint and together cover
+    the epoch. Without it, the arrays in order, unpadded (`len(x)` must then be a
+    multiple of `replicas`).
+
+    Example:
+        >>> feed = shard_feed(x, y, batch_size=64, rank=1, processes=2, shuffle_seed=0)
+        >>> len(feed), feed[0][0].shape[0]  # global batches, 32 images of each here
+    """
+    import keras
+
+    pad = -len(x) % (replicas or processes)
+
+    class ShardFeed(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self._order = (None, None)  # (epoch, padded permutation)
+
+        def __len__(self):
+            return -(-(len(x) + pad) // batch_size)
+
+        def order(self):
+            if shuffle_seed is None:
+                return np.arange(len(x))
+            if self._order[0] != self.epoch:
+                order = np.random.default_rng([shuffle_seed, self.epoch]).permutation(len(x))
+                self._order = (self.epoch, np.concatenate([order, order[:pad]]))
+            return self._order[1]
+
+        def __getitem__(self, index):
+            batch = self.order()[index * batch_size : (index + 1) * batch_size]
+            share = len(batch) // processes
+            rows = np.sort(batch[rank * share : (rank + 1) * share])  # sorted: memmap reads
+            return x[rows], y[rows]
+
+    return ShardFeed()
+
+
 def repeated_batch_feed(x, y) -> dict:
     """Keyword arguments for `fit(..., steps_per_epoch=n)` on one batch, repeated.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import importlib.metadata
 import platform
+import sys
 
 import keras
 
@@ -19,6 +20,28 @@ from alexnet_k3.core import cpu_name
 def name() -> str:
     """The active Keras backend: "torch", "tensorflow" or "jax"."""
     return keras.config.backend()
+
+
+def keep_tensorflow_unimported() -> None:
+    """On torch and jax, keeps Keras from importing TensorFlow just to ask whether it can.
+
+    Keras asks `tf.available` of a lazy module, and the question imports
+    TensorFlow whenever it is installed: `keras.utils.set_random_seed` asks it
+    (to seed TensorFlow too), and so does every `model.save` (to recognise
+    TensorFlow shapes in a config). On torch or jax that costs seconds of
+    start-up and prints TensorFlow's oneDNN and CUDA-stub lines for a backend
+    that never uses it. Where TensorFlow is not the backend and not imported
+    yet, Keras's lazy module is told it is unavailable: those questions then
+    import nothing. `import tensorflow` itself still works; what it creates
+    afterwards is not seeded by `set_random_seed`.
+    """
+    if name() == "tensorflow" or "tensorflow" in sys.modules:
+        return
+    from keras.src.utils import module_utils  # Keras has no public switch for this
+
+    lazy = getattr(module_utils, "tensorflow", None)
+    if isinstance(lazy, module_utils.LazyModule) and lazy.module is None:
+        lazy._available = False
 
 
 def versions() -> dict[str, str]:
