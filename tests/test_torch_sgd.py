@@ -109,3 +109,45 @@ def test_torch_sgd_refuses_a_bad_decay(value):
 def test_torch_sgd_refuses_keras_decoupled_decay():
     with pytest.raises(ValueError, match="weight_decay=0.001"):
         TorchSGD(0.01, weight_decay=1e-3)
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), [(0.9, True), (0.0, False)])
+def test_sgd_options_match_torch_sgd(momentum, nesterov):
+    """Nesterov and plain SGD, through the multi-tensor update on torch, the generic elsewhere."""
+    model = _tiny_model()
+    net, _ = _torch_twin(model)
+    reference = torch.optim.SGD(
+        net.parameters(), lr=LR, momentum=momentum, nesterov=nesterov, weight_decay=WEIGHT_DECAY
+    )
+    # Nothing excluded from the decay: biases decay too, as in `reference`.
+    optimizer = TorchSGD(
+        LR, momentum=momentum, nesterov=nesterov, coupled_weight_decay=WEIGHT_DECAY
+    )
+    model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(2)
+    for _ in range(STEPS):
+        x = rng.normal(size=(8, 5)).astype("float32")
+        labels = rng.integers(0, 3, size=8)
+        model.train_on_batch(x, np.eye(3, dtype="float32")[labels])
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(labels))
+        reference.zero_grad()
+        loss.backward()
+        reference.step()
+    for index, name in enumerate(("fc1", "fc2")):
+        kernel, bias = model.get_layer(name).get_weights()
+        np.testing.assert_allclose(kernel, net[2 * index].weight.detach().numpy().T, atol=1e-5)
+        np.testing.assert_allclose(bias, net[2 * index].bias.detach().numpy(), atol=1e-5)
+
+
+def test_torch_backend_takes_the_multi_tensor_update():
+    """On torch the update is `torch.optim.SGD`'s foreach algorithm (3.5x the per-variable one)."""
+    from alexnet_k3.backend import updates
+
+    variables = [keras.Variable(np.ones((2, 3), "float32"))]
+    optimizer = TorchSGD(0.5, momentum=0.9)
+    optimizer.build(variables)
+    grads = [keras.ops.ones((2, 3))]
+    taken = updates.torch_sgd_update(optimizer, grads, variables, 0.5)
+    assert taken == (keras.backend.backend() == "torch")
+    if taken:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variables[0]), 0.5)
