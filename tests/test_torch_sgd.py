@@ -113,7 +113,7 @@ def test_torch_sgd_refuses_keras_decoupled_decay():
 
 @pytest.mark.parametrize(("momentum", "nesterov"), [(0.9, True), (0.0, False)])
 def test_sgd_options_match_torch_sgd(momentum, nesterov):
-    """Nesterov and plain SGD, through the multi-tensor update on torch, the generic elsewhere."""
+    """Nesterov and plain SGD, with weight decay on every variable, as torch.optim.SGD."""
     model = _tiny_model()
     net, _ = _torch_twin(model)
     reference = torch.optim.SGD(
@@ -137,17 +137,3 @@ def test_sgd_options_match_torch_sgd(momentum, nesterov):
         kernel, bias = model.get_layer(name).get_weights()
         np.testing.assert_allclose(kernel, net[2 * index].weight.detach().numpy().T, atol=1e-5)
         np.testing.assert_allclose(bias, net[2 * index].bias.detach().numpy(), atol=1e-5)
-
-
-def test_torch_backend_takes_the_multi_tensor_update():
-    """On torch the update is `torch.optim.SGD`'s foreach algorithm (3.5x the per-variable one)."""
-    from alexnet_k3.backend import updates
-
-    variables = [keras.Variable(np.ones((2, 3), "float32"))]
-    optimizer = TorchSGD(0.5, momentum=0.9)
-    optimizer.build(variables)
-    grads = [keras.ops.ones((2, 3))]
-    taken = updates.torch_sgd_update(optimizer, grads, variables, 0.5)
-    assert taken == (keras.backend.backend() == "torch")
-    if taken:
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(variables[0]), 0.5)
