@@ -52,6 +52,25 @@ def _torch_twin(model):
     return net, torch.optim.SGD(groups, lr=LR, momentum=0.9)
 
 
+def _step_both(model, net, optimizer, rng):
+    """One step of the Keras model and of its torch twin on the same random batch."""
+    x = rng.normal(size=(8, 5)).astype("float32")
+    labels = rng.integers(0, 3, size=8)
+    model.train_on_batch(x, np.eye(3, dtype="float32")[labels])
+    loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(labels))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def _assert_same_weights(model, net):
+    for index, name in enumerate(("fc1", "fc2")):
+        kernel, bias = model.get_layer(name).get_weights()
+        linear = net[2 * index]
+        np.testing.assert_allclose(kernel, linear.weight.detach().numpy().T, atol=1e-5)
+        np.testing.assert_allclose(bias, linear.bias.detach().numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("jit_compile", [False, "auto"])
 @pytest.mark.parametrize("warmup_epochs", [0, 1])
 def test_sgd_steps_match_torch_sgd_with_weight_decay(warmup_epochs, jit_compile):
@@ -72,18 +91,8 @@ def test_sgd_steps_match_torch_sgd_with_weight_decay(warmup_epochs, jit_compile)
         warm = warmup_epochs and step < STEPS
         for group in optimizer.param_groups:
             group["lr"] = LR * step / STEPS if warm else LR
-        x = rng.normal(size=(8, 5)).astype("float32")
-        labels = rng.integers(0, 3, size=8)
-        model.train_on_batch(x, np.eye(3, dtype="float32")[labels])
-        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(labels))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    for index, name in enumerate(("fc1", "fc2")):
-        kernel, bias = model.get_layer(name).get_weights()
-        linear = net[2 * index]
-        np.testing.assert_allclose(kernel, linear.weight.detach().numpy().T, atol=1e-5)
-        np.testing.assert_allclose(bias, linear.bias.detach().numpy(), atol=1e-5)
+        _step_both(model, net, optimizer, rng)
+    _assert_same_weights(model, net)
 
 
 def test_torch_sgd_round_trips_through_a_saved_model(tmp_path):
@@ -126,14 +135,5 @@ def test_sgd_options_match_torch_sgd(momentum, nesterov):
     model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(2)
     for _ in range(STEPS):
-        x = rng.normal(size=(8, 5)).astype("float32")
-        labels = rng.integers(0, 3, size=8)
-        model.train_on_batch(x, np.eye(3, dtype="float32")[labels])
-        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(labels))
-        reference.zero_grad()
-        loss.backward()
-        reference.step()
-    for index, name in enumerate(("fc1", "fc2")):
-        kernel, bias = model.get_layer(name).get_weights()
-        np.testing.assert_allclose(kernel, net[2 * index].weight.detach().numpy().T, atol=1e-5)
-        np.testing.assert_allclose(bias, net[2 * index].bias.detach().numpy(), atol=1e-5)
+        _step_both(model, net, reference, rng)
+    _assert_same_weights(model, net)
