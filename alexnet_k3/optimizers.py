@@ -15,6 +15,8 @@ import math
 import keras
 from keras import ops
 
+from alexnet_k3.backend import updates
+
 
 @keras.saving.register_keras_serializable(package="alexnet_k3")
 class TorchSGD(keras.optimizers.SGD):
@@ -62,6 +64,12 @@ class TorchSGD(keras.optimizers.SGD):
                 f"coupled_weight_decay={wd!r}."
             )
         self.coupled_weight_decay = float(wd)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # On torch, the multi-tensor update Keras gives its own SGD only (3.5x
+        # faster there); elsewhere, and as the reference, `update_step` per variable.
+        if not updates.torch_sgd_update(self, grads, trainable_variables, learning_rate):
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         learning_rate = ops.cast(learning_rate, variable.dtype)

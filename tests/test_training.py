@@ -23,10 +23,23 @@ BACKEND = keras.config.backend()
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """One real training run on the digits, shared by the tests that read its outputs."""
+    """One real training run on the digits, shared by the tests that read its outputs.
+
+    Cosine decay, not the default constant rate: a constant-rate run's last epoch
+    moves by up to 10 points with float rounding alone (seed 0 on torch: 97.2% or
+    86.7% with the per-variable or the multi-tensor SGD update, whose steps agree
+    within 1.5e-8), while the decayed runs of seeds 0-3 all reached 98-100%.
+    """
     out = tmp_path_factory.mktemp("digits") / "run"
     metrics = train(
-        out, dataset="digits", variant="cifar", epochs=6, batch_size=64, seed=0, verbose=0
+        out,
+        dataset="digits",
+        variant="cifar",
+        epochs=6,
+        batch_size=64,
+        schedule="cosine",
+        seed=0,
+        verbose=0,
     )
     return out, metrics
 
