@@ -2,10 +2,12 @@
 
 `train` compiles it for `optimizer="sgd"`, so the package's SGD step is the plain
 PyTorch loop's to float32 rounding (benchmarks/results/
-torchvision-variant-64-digits-step-compare.md). Written with `keras.ops` only, so it
-runs unchanged on every backend. A trained `model.keras` is saved with its
-optimizer: `alexnet_k3.evaluation.load_model` imports this module, which registers
-the class for loading.
+torchvision-variant-64-digits-step-compare.md). Written with `keras.ops`, so it
+runs unchanged on every backend; on torch and tensorflow the same algorithm runs as
+each engine's fused update (`alexnet_k3.backend.updates`), and `fused_updates = False`
+takes the `keras.ops` update everywhere, the reference the tests compare them with.
+A trained `model.keras` is saved with its optimizer: `alexnet_k3.evaluation.load_model`
+imports this module, which registers the class for loading.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class TorchSGD(keras.optimizers.SGD):
         >>> optimizer.exclude_from_weight_decay(var_names=["bias"])
     """
 
+    # False: the generic per-variable `keras.ops` update on every backend (the reference).
+    fused_updates = True
+
     def __init__(
         self,
         learning_rate=0.01,
@@ -68,7 +73,10 @@ class TorchSGD(keras.optimizers.SGD):
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # On torch, the multi-tensor update Keras gives its own SGD only (3.5x
         # faster there); elsewhere, and as the reference, `update_step` per variable.
-        if not updates.torch_sgd_update(self, grads, trainable_variables, learning_rate):
+        if not (
+            self.fused_updates
+            and updates.torch_sgd_update(self, grads, trainable_variables, learning_rate)
+        ):
             super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
@@ -79,6 +87,10 @@ class TorchSGD(keras.optimizers.SGD):
             gradient = ops.add(gradient, ops.multiply(variable, decay))
         if self.momentum != 0:
             buffer = self.momentums[self._get_variable_index(variable)]
+            if self.fused_updates and updates.tf_momentum_update(
+                variable, buffer, gradient, learning_rate, self.momentum, self.nesterov
+            ):
+                return
             momentum = ops.cast(self.momentum, variable.dtype)
             # torch's first step sets the buffer to the gradient: momentum * 0 + g.
             self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))

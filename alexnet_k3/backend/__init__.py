@@ -17,7 +17,8 @@ then `backend.device_name()` and so on. What cannot be agnostic lives here, by j
 - `jobs`: multi-process jobs (torchrun + DistributedDataParallel on torch,
   jax.distributed on jax: `job_in_environment`, `WorkerLost`).
 - `updates`: optimizer updates written for one backend where the generic one is
-  measurably slower (`torch_sgd_update`: `TorchSGD`'s multi-tensor step on torch).
+  measurably slower (`TorchSGD`'s multi-tensor step on torch, TF's fused momentum
+  kernel on tensorflow).
 - `seeds`: seed generators for random layers whose draws never wait on the
   device (`seed_generator`: on torch, state kept on the CPU).
 
