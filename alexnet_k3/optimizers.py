@@ -72,7 +72,8 @@ class TorchSGD(keras.optimizers.SGD):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # On torch, the multi-tensor update Keras gives its own SGD only (3.5x
-        # faster there); elsewhere, and as the reference, `update_step` per variable.
+        # faster there); elsewhere `update_step` per variable (on tensorflow with
+        # TF's fused momentum kernel inside it).
         if not (
             self.fused_updates
             and updates.torch_sgd_update(self, grads, trainable_variables, learning_rate)

@@ -73,7 +73,7 @@ def torch_sgd_update(optimizer, grads, variables, learning_rate) -> bool:
 def tf_momentum_update(variable, buffer, gradient, learning_rate, momentum, nesterov) -> bool:
     """Applies one variable's momentum step with TF's fused kernel; False where it does not apply.
 
-    `variable` is what Keras's TF optimizer hands `update_step` (a `tf.Variable`),
+    `variable` is what Keras's TF optimizer hands `update_step` (its `tf.Variable`),
     `buffer` its momentum (a Keras variable), `gradient` already decayed and cast.
     Not applied (the caller runs the `keras.ops` update) off tensorflow and under
     a `tf.distribute` strategy, whose mirrored variables update through the strategy.
@@ -84,17 +84,15 @@ def tf_momentum_update(variable, buffer, gradient, learning_rate, momentum, nest
 
     if tf.distribute.has_strategy():
         return False
-    # A tf.Variable as Keras's TF optimizer passes it, or a Keras variable holding one.
-    var = variable if hasattr(variable, "handle") else getattr(variable, "value", None)
     accum = buffer.value
-    if not (hasattr(var, "handle") and hasattr(accum, "handle")):
+    if not (hasattr(variable, "handle") and hasattr(accum, "handle")):
         return False
     tf.raw_ops.ResourceApplyMomentum(
-        var=var.handle,
+        var=variable.handle,
         accum=accum.handle,
-        lr=tf.cast(learning_rate, var.dtype),
+        lr=tf.cast(learning_rate, variable.dtype),
         grad=gradient,
-        momentum=tf.constant(momentum, var.dtype),
+        momentum=tf.constant(momentum, variable.dtype),
         use_nesterov=bool(nesterov),
     )
     return True
