@@ -105,10 +105,14 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def commands(backend: str, processes: int, args: list[str]) -> list[tuple[list[str], dict]]:
+def commands(
+    backend: str, processes: int, args: list[str], *, module: str = "alexnet_k3"
+) -> list[tuple[list[str], dict]]:
     """(command, extra environment) for each process of an N-process localhost job.
 
-    torch gets one command, torchrun's, which starts the N workers itself.
+    Each process runs `python -m MODULE ARGS` (the package's CLI unless told;
+    the data-parallel benchmark runs its own worker). torch gets one command,
+    torchrun's, which starts the N workers itself.
 
     Example:
         >>> commands("jax", 2, ["train", "--data-parallel"])[1][1]["KERAS_DISTRIBUTION_PROCESS_ID"]
@@ -129,11 +133,11 @@ def commands(backend: str, processes: int, args: list[str]) -> list[tuple[list[s
             "--master-addr=127.0.0.1",
             f"--master-port={port}",
             "-m",
-            "alexnet_k3",
+            module,
             *args,
         ]
         return [(command, base)]
-    command = [sys.executable, "-m", "alexnet_k3", *args]
+    command = [sys.executable, "-m", module, *args]
     if backend == "jax":
         (port,) = free_ports(1)
         return [

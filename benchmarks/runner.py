@@ -9,6 +9,8 @@ Usage (the CLI passes its remaining arguments to `main`):
 
     python -m benchmarks.runner ...   # the same, without the CLI
 
+    alexnet-k3 bench --data-parallel ...   # a multi-process job: benchmarks/data_parallel.py
+
 Every implementation runs in its own worker process (a process has one Keras
 backend; torch.compile, XLA and thread pools stay out of each other's way). A
 worker that cannot import its framework, runs out of memory at a batch size,
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return _worker_main(argv[1:])
+    if "--data-parallel" in argv:  # a job's throughput: its own options (see that module)
+        from benchmarks import data_parallel
+
+        return data_parallel.main([a for a in argv if a != "--data-parallel"])
     args = parse_args(argv)
     if args.from_json is not None:
         code = report.report_saved(args.from_json, args.out)

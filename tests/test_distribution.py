@@ -363,3 +363,35 @@ def test_a_lost_process_stops_the_job_with_resume_advice_and_resume_finishes(tmp
     assert [e["epoch"] for e in history] == list(range(1, JOB_EPOCHS + 1))
     sums = checksums(output)
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], output[-3000:]
+
+
+@pytest.mark.slow
+def test_bench_data_parallel_times_a_one_and_a_two_process_job(tmp_path, run_cli):
+    if BACKEND not in JOB_BACKENDS:
+        pytest.skip("multi-worker tensorflow is refused for now (keras-team/keras#20585)")
+    out = tmp_path / "dp.json"
+    tiny = ["--variant", "cifar", "--image-size", "32", "--batch-size", "4", "--steps", "2"]
+    run_cli(
+        "bench", "--data-parallel", "--backends", BACKEND, *tiny, "--warmup", "1", "--out", out,
+        expect_ok=True,
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["records"]
+    assert [(r["processes"], r["devices"], r["global_batch"]) for r in rows] == [
+        (1, 1, 4),
+        (2, 2, 8),
+    ]
+    for row in rows:
+        assert row["images_per_sec"] == pytest.approx(8 * row["processes"] / row["seconds"], 0.01)
+        per_device = row["images_per_sec"] / row["devices"]
+        assert row["images_per_sec_per_device"] == pytest.approx(per_device, 0.01)
+        assert row["label"].startswith("plumbing")
+    assert rows[0]["scaling_efficiency"] == 1.0
+    efficiency = rows[1]["images_per_sec_per_device"] / rows[0]["images_per_sec_per_device"]
+    assert rows[1]["scaling_efficiency"] == pytest.approx(efficiency, abs=0.001)
+    assert "not a scaling result" in out.with_suffix(".md").read_text()
+
+
+def test_bench_data_parallel_refuses_a_backend_without_jobs(run_cli):
+    result = run_cli("bench", "--data-parallel", "--backends", "tensorflow")
+    assert result.returncode == 2
+    assert "--backends tensorflow: expected some of torch,jax" in result.stderr

@@ -274,6 +274,14 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
             run(argv)
             metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
             assert metrics["backend"] == "jax" and metrics["trained_on_backend"] == BACKEND
+        elif (
+            command == "bench"
+        ):  # at tiny settings, on torch (the test's backends: test_distribution)
+            assert "--data-parallel" in argv, argv
+            tiny = ["--backends", "torch", "--variant", "cifar", "--image-size", "32"]
+            run(argv + tiny + ["--batch-size", "4", "--steps", "1", "--warmup", "1"])
+            rows = json.loads((tmp_path / _option(argv, "--out")).read_text())["records"]
+            assert [(r["processes"], r["devices"]) for r in rows] == [(1, 1), (2, 2)]
         elif command == "compare":
             table = run(argv).stdout
             assert table == (tmp_path / _option(argv, "--out")).read_text()
