@@ -28,7 +28,7 @@ def train(args) -> int:
     out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
     verbose = "auto" if args.verbose is None else args.verbose
     metrics = train(out, resume=args.resume, verbose=verbose, **settings)
-    if "test_accuracy" not in metrics:  # a job's process other than 0: it has printed its line
+    if "rank" in metrics:  # a job's process other than 0: it has printed its checksum line
         return 0
     print(
         f"{metrics['backend']}: test accuracy {metrics['test_accuracy']:.4f}, "

@@ -64,7 +64,8 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             process-wide glibc setting, on by default; recorded in `metrics.json`).
 
     Returns:
-        The metrics dict also written to `out/metrics.json`.
+        The metrics dict also written to `out/metrics.json`; in a job's process
+        other than 0, `{"rank": R}` (and `final_weights_sha256` after training).
 
     Example:
         >>> metrics = train("runs/digits", dataset="digits", variant="cifar", epochs=8)
