@@ -279,8 +279,11 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
         ):  # at tiny settings, on torch (the test's backends: test_distribution)
             assert "--data-parallel" in argv, argv
             tiny = ["--backends", "torch", "--variant", "cifar", "--image-size", "32"]
-            run(argv + tiny + ["--batch-size", "4", "--steps", "1", "--warmup", "1"])
-            rows = json.loads((tmp_path / _option(argv, "--out")).read_text())["records"]
+            tiny += ["--batch-size", "4", "--steps", "1", "--warmup", "1"]
+            out = tmp_path / _option(argv, "--out")  # the README's path, under tmp_path
+            # From the checkout, as the README runs it (the runner is not in the wheel).
+            run_cli(*argv[1:], *tiny, "--out", out, cwd=ROOT, env=env, timeout=900, expect_ok=True)
+            rows = json.loads(out.read_text())["records"]
             assert [(r["processes"], r["devices"]) for r in rows] == [(1, 1), (2, 2)]
         elif command == "compare":
             table = run(argv).stdout
