@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 
 from alexnet_k3 import backend, runs
-from alexnet_k3.core import atomic_save, atomic_write_text, read_json
+from alexnet_k3.core import atomic_write_text, read_json
 
 
 def finite_loss(logs) -> bool:
@@ -113,9 +113,8 @@ class EpochBackup(keras.callbacks.Callback):
         self.backup_dir.mkdir(parents=True, exist_ok=True)
         done = epoch + 1
         name = f"epoch-{done:04d}.weights.h5"
-        with backend.outside_distribution():  # process 0 alone saves
-            save = lambda p: self.model.save_weights(p, overwrite=True)  # noqa: E731
-            atomic_save(save, self.backup_dir / name)
+        save = lambda p: self.model.save_weights(p, overwrite=True)  # noqa: E731
+        backend.save_alone(self.model, save, self.backup_dir / name)
         # The random state goes with the weights: the next epoch then shuffles and
         # drops out as it would have without the interruption.
         pointer = {"epoch": done, "weights": name, "random_state": backend.random_state(self.model)}
@@ -151,8 +150,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if self.best is None or self.better(float(value), self.best):
             self.best = float(value)
             if self.write:
-                with backend.outside_distribution():  # process 0 alone saves
-                    atomic_save(lambda p: self.model.save(p), self.path)
+                backend.save_alone(self.model, lambda p: self.model.save(p), self.path)
 
 
 class HistoryWriter(keras.callbacks.Callback):
@@ -229,8 +227,7 @@ def stop_diverged(model, config, out: Path, guard, backup, keep_last: bool, writ
     other than 0) it only raises.
     """
     if keep_last and backup.restore(model, default=None) is not None:
-        with backend.outside_distribution():
-            atomic_save(lambda p: model.save(p), out / "model.keras")
+        backend.save_alone(model, lambda p: model.save(p), out / "model.keras")
     if not write:
         raise runs.TrainingDiverged(f"Training diverged in epoch {guard.epoch}: see process 0.")
     raise runs.mark_diverged(out, guard.epoch, guard.loss, config.peak_learning_rate)

@@ -184,7 +184,8 @@ class TrainConfig:
         False,
         "split each batch across local devices (jax: keras.distribution.DataParallel, "
         "tensorflow: tf.distribute.MirroredStrategy), or across the processes of a job "
-        "launched with torchrun (torch) or KERAS_DISTRIBUTION_* (jax); --batch-size stays "
+        "launched with torchrun (torch), KERAS_DISTRIBUTION_* (jax) or TF_CONFIG "
+        "(tensorflow: MultiWorkerMirroredStrategy); --batch-size stays "
         "the global batch",
         kind="bool",
     )

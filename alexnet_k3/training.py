@@ -19,7 +19,6 @@ import keras
 from alexnet_k3 import backend, runs
 from alexnet_k3.callbacks import fit_callbacks, load_history, stop_diverged
 from alexnet_k3.config import TrainConfig
-from alexnet_k3.core import atomic_save
 from alexnet_k3.model import build_classifier, default_input_size, weights_checksum
 from alexnet_k3.optimizers import TorchSGD
 
@@ -56,7 +55,7 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             `backend.recommended_image_data_format()`, channels_first on torch),
             `data_parallel` (split each batch across `devices` local devices, all
             by default, on jax and tensorflow; or join the multi-process job
-            that torchrun or KERAS_DISTRIBUTION_* describe, torch and jax:
+            that torchrun, KERAS_DISTRIBUTION_* or TF_CONFIG describe:
             `batch_size` stays the global batch, process 0 alone writes `out`,
             every process prints its final weights' checksum, and processes
             other than 0 return only that; see `backend.data_parallel`),
@@ -147,8 +146,10 @@ def _prepare_run(out: Path, resume: bool, settings: dict):
             f"received variant={config.variant!r}."
         )
     config.validate()
+    # Refuse an impossible setup before writing anything. The engine first: a
+    # tensorflow job's strategy must exist before TensorFlow's runtime starts.
+    parallel = _data_parallel(config)
     backend.check_image_data_format(_data_format(config))
-    parallel = _data_parallel(config)  # refuse an impossible setup before writing anything
     if parallel.writes:
         runs.start(out, config)
     return config, parallel
@@ -207,8 +208,7 @@ def _run(out: Path, config: TrainConfig, verbose, parallel) -> dict:
             raise lost from None  # one line: which process, and to --resume
         holding = backend.replicas_holding(model)
         if validation is None and parallel.writes:
-            with backend.outside_distribution():  # process 0 alone saves
-                atomic_save(lambda p: model.save(p), best_path)
+            backend.save_alone(model, lambda p: model.save(p), best_path)
         if parallel.processes > 1:
             final = weights_checksum(model)  # equal on every process, or DDP failed
             print(f"process {parallel.rank} of {parallel.processes}: final weights {final}")
@@ -286,8 +286,7 @@ def _fit_phases(model, config, out: Path, train_data, validation, verbose, paral
             best_so_far = callbacks[2].best
         if parallel.writes:
             state_dir.mkdir(exist_ok=True)
-            with backend.outside_distribution():
-                atomic_save(lambda p: model.save_weights(p), done_marker)
+            backend.save_alone(model, lambda p: model.save_weights(p), done_marker)
             # Only now: a kill before the marker is written resumes from the backup.
             shutil.rmtree(backup.backup_dir, ignore_errors=True)
         start_epoch = end_epoch

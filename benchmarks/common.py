@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -87,6 +88,21 @@ RECORD_KEYS = (
     "error",
     "error_detail",
 )
+
+
+def worker_env(device: str) -> dict:
+    """The environment of a benchmark's worker process on `device` ("cpu" or "gpu").
+
+    This checkout on PYTHONPATH (the runner is not in the wheel), TensorFlow's
+    C++ info lines off, and on a CPU no GPU visible to any framework.
+    """
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if device == "cpu":
+        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    return env
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:

@@ -2,7 +2,8 @@
 
 For each backend, the same job is timed twice, with 1 process and with N
 (`--processes`), each started the way `python -m alexnet_k3.launch` starts a job
-(torchrun on torch, KERAS_DISTRIBUTION_* on jax), so both sizes run the same
+(torchrun on torch, KERAS_DISTRIBUTION_* on jax, TF_CONFIG on tensorflow), so
+both sizes run the same
 code: `train --data-parallel`'s engine (`alexnet_k3.backend.data_parallel`), its
 compile (`alexnet_k3.training.compile_model`), its feed of each process's share
 (`Job.train_feed`) and `model.fit`. The batch per device is fixed (weak
@@ -14,7 +15,7 @@ CPU the processes share the machine's cores (torchrun gives each one thread),
 so a CPU row proves the plumbing, not scaling: its `label` says so.
 
 Usage:
-    alexnet-k3 bench --data-parallel --backends torch,jax --processes 2 \\
+    alexnet-k3 bench --data-parallel --backends torch,jax,tensorflow --processes 2 \\
         --out benchmarks/results/cpu-2core-data-parallel-plumbing.json
 
 A worker (`python -m benchmarks.data_parallel --worker CONFIG.json RESULT.json`,
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -40,10 +40,10 @@ if str(_ROOT) not in sys.path:
 
 from alexnet_k3 import launch  # noqa: E402
 from alexnet_k3.core import VARIANTS  # noqa: E402
-from benchmarks import machine  # noqa: E402
+from benchmarks import common, machine  # noqa: E402
 
-# The backends whose multi-process jobs train (tensorflow's TF_CONFIG jobs are refused).
-JOB_BACKENDS = ("torch", "jax")
+# The backends whose multi-process jobs train: all of them.
+JOB_BACKENDS = ("torch", "jax", "tensorflow")
 # Written into every CPU row: processes there share one machine's cores.
 PLUMBING = "plumbing: processes share one CPU's cores; not a scaling result"
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Training images/s of a 1-process and an N-process data-parallel job.",
     )
     parser.add_argument(
-        "--backends", default=",".join(JOB_BACKENDS), help="comma-separated: torch, jax"
+        "--backends", default=",".join(JOB_BACKENDS), help="comma-separated: torch, jax, tensorflow"
     )
     parser.add_argument("--processes", type=int, default=2, help="processes of the larger job")
     parser.add_argument("--variant", choices=VARIANTS, default="torchvision")
@@ -77,7 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown or not args.backends:
         parser.error(
             f"--backends {','.join(args.backends) or '(none)'}: expected some of "
-            f"{','.join(JOB_BACKENDS)} (tensorflow's TF_CONFIG jobs are not supported yet)."
+            f"{','.join(JOB_BACKENDS)}."
         )
     for name in ("processes", "image_size", "batch_size", "num_classes", "steps", "warmup"):
         if getattr(args, name) < 1:
@@ -125,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_job(backend: str, processes: int, config: dict, *, timeout: float) -> dict:
     """Starts a `processes`-process job of workers on localhost; its row (never raises)."""
     row = {"backend": backend, "processes": processes, "device": config["device"]}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if config["device"] == "cpu":
-        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    env = common.worker_env(config["device"])
     with tempfile.TemporaryDirectory(prefix="alexnet-k3-dp-") as tmp:
         config_path, result_path = Path(tmp, "config.json"), Path(tmp, "result.json")
         config_path.write_text(json.dumps({**config, "processes": processes}))
@@ -142,8 +138,9 @@ def run_job(backend: str, processes: int, config: dict, *, timeout: float) -> di
         started = []
         for index, (command, extra) in enumerate(jobs):
             extra = dict(extra)
-            if backend == "jax" and config["device"] == "gpu":
-                extra["CUDA_VISIBLE_DEVICES"] = str(index)  # one GPU per jax process
+            if backend != "torch" and config["device"] == "gpu":
+                # One GPU per process (torchrun's workers pick theirs by LOCAL_RANK).
+                extra["CUDA_VISIBLE_DEVICES"] = str(index)
             log = open(Path(tmp, f"process-{index}.log"), "w+")  # noqa: SIM115 - closed below
             started.append(
                 (
@@ -258,7 +255,7 @@ def _worker(config: dict, result_path: Path) -> int:
     keras.utils.set_random_seed(0)
     global_batch = config["batch_size"] * job.num_replicas
     with job.scope():
-        model, input_shape = keras_bench._build(config)
+        model, input_shape = keras_bench.build_bench_network(config)
         keras_bench.compile_for_training(model, config, "auto", steps=config["steps"])
         job.prepare(model)
         rng = np.random.default_rng(0)

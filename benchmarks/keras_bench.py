@@ -144,8 +144,8 @@ def _set_policy(config) -> None:
     keras.mixed_precision.set_global_policy(config["precision"])
 
 
-def _build(config):
-    """The bare network for the synthetic steps, and its input shape."""
+def build_bench_network(config):
+    """The bare network for the synthetic steps, and its input shape (also `data_parallel`'s)."""
     import keras
 
     from alexnet_k3.model import build_network
@@ -257,7 +257,7 @@ def _prepare(mode, batch, config, compile_kwargs):
     """Builds and compiles one model; returns `measure(timing) -> result` for it."""
     from alexnet_k3 import backend as kb
 
-    model, input_shape = _build(config)
+    model, input_shape = build_bench_network(config)
     x = synthetic_images(batch, input_shape)
     if mode == "train":
         steps = config["warmup"] + config["steps"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -133,14 +132,9 @@ def run_impl(impl: str, config: dict, *, timeout: float = 3600.0, verbose: bool 
             impl, config, f"no torchvision model for variant {config['variant']!r}"
         )
     print(f"[bench] {impl}: starting worker", file=sys.stderr, flush=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = common.worker_env(config["device"])
     if impl in common.KERAS_IMPLS:
         env["KERAS_BACKEND"] = impl.removeprefix("keras-")
-    if config["device"] == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        env["JAX_PLATFORMS"] = "cpu"
     with tempfile.TemporaryDirectory(prefix="alexnet-k3-bench-") as tmp:
         config_path, result_path = Path(tmp, "config.json"), Path(tmp, "records.json")
         config_path.write_text(json.dumps(config))

@@ -1,8 +1,8 @@
 """Data-parallel training: two virtual devices in one process, and two-process jobs.
 
-The jobs run on localhost CPUs: torch through torchrun itself, jax as two processes
-given the KERAS_DISTRIBUTION_* variables. tensorflow's multi-worker training is
-refused for now (keras-team/keras#20585).
+The jobs run on localhost CPUs: torch through torchrun itself, jax and tensorflow
+as two processes given the KERAS_DISTRIBUTION_* variables or TF_CONFIG, as
+`launch.commands` writes them.
 """
 
 import json
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -23,7 +24,6 @@ from alexnet_k3 import launch
 from alexnet_k3.training import train
 
 BACKEND = keras.config.backend()
-JOB_BACKENDS = ("torch", "jax")
 
 
 def test_torch_backend_without_torchrun_says_to_launch_with_it(tmp_path, monkeypatch):
@@ -34,18 +34,6 @@ def test_torch_backend_without_torchrun_says_to_launch_with_it(tmp_path, monkeyp
     with pytest.raises(ValueError, match="launch the same command with torchrun"):
         train(tmp_path / "run", data_parallel=True)
     assert not (tmp_path / "run").exists()  # refused before anything was written
-
-
-def test_a_tf_config_job_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    if BACKEND != "tensorflow":
-        pytest.skip("tensorflow's multi-worker refusal")
-    cluster = {"worker": ["localhost:1", "localhost:2"]}
-    monkeypatch.setenv(
-        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
-    )
-    with pytest.raises(ValueError, match="keras-team/keras#20585"):
-        train(tmp_path / "run", data_parallel=True)
-    assert not (tmp_path / "run").exists()
 
 
 def test_a_job_process_without_data_parallel_is_refused(tmp_path, monkeypatch):
@@ -165,7 +153,8 @@ TRAIN_ARGS += ["--seed", "0", "--verbose", "0"]
 PROCESS_SCRIPT = """
 import atexit, json, os, sys
 run, record, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-rank = os.environ.get("RANK") or os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID")
+from alexnet_k3.launch import job_process
+rank = str(job_process()[0])  # from RANK, KERAS_DISTRIBUTION_PROCESS_ID or TF_CONFIG
 writes = []
 WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
@@ -216,13 +205,8 @@ def start_job(tmp_path, argv: list[str], env: dict) -> list[subprocess.Popen]:
         logs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
         logs[-1].log = log
         return logs
-    address = f"127.0.0.1:{launch.free_ports(1)[0]}"
-    for rank in range(2):
-        variables = {
-            "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
-            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
-            "KERAS_DISTRIBUTION_PROCESS_ID": str(rank),
-        }
+    # Each process's job variables (KERAS_DISTRIBUTION_*, TF_CONFIG) as the launcher sets them.
+    for rank, (_, variables) in enumerate(launch.commands(BACKEND, 2, [])):
         log = open(tmp_path / f"process-{rank}-{time.monotonic_ns()}.log", "w+")
         process = subprocess.Popen(
             [sys.executable, *argv], env={**env, **variables}, stdout=log, stderr=subprocess.STDOUT
@@ -255,8 +239,6 @@ def checksums(output: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def one_process_accuracy(tmp_path_factory):
     """The same run (global batch, seed, epochs) in one process, on one device."""
-    if BACKEND not in JOB_BACKENDS:
-        pytest.skip("multi-worker tensorflow is refused for now (keras-team/keras#20585)")
     out = tmp_path_factory.mktemp("reference") / "run"
     argv = ["train", *TRAIN_ARGS, "--out", str(out)]
     script = f"from alexnet_k3.cli import main; raise SystemExit(main({argv!r}))"
@@ -271,8 +253,6 @@ def one_process_accuracy(tmp_path_factory):
 def test_a_two_process_job_learns_as_one_process_does_and_only_process_0_writes(
     tmp_path, one_process_accuracy
 ):
-    if BACKEND not in JOB_BACKENDS:
-        pytest.skip("multi-worker tensorflow is refused for now (keras-team/keras#20585)")
     run, record = tmp_path / "run", tmp_path / "writes"
     script = tmp_path / "process.py"
     script.write_text(PROCESS_SCRIPT)
@@ -291,6 +271,12 @@ def test_a_two_process_job_learns_as_one_process_does_and_only_process_0_writes(
     # Both processes end on the same weights: the gradients really were averaged.
     sums = checksums(output)
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], output[-3000:]
+    # The saved model loads on every backend: tensorflow's job-time synchronized
+    # batch normalization (tf_job.prepare) is not in its config.
+    with zipfile.ZipFile(run / "model.keras") as saved:
+        layers = json.dumps(json.loads(saved.read("config.json")))
+    assert '"synchronized": true' not in layers
+    assert BACKEND != "tensorflow" or '"synchronized": false' in layers  # BN is there
     # Process 1 wrote nothing into the run folder.
     assert json.loads((tmp_path / "writes-1.json").read_text()) == []
     assert sorted(p.name for p in run.iterdir()) == sorted(
@@ -330,8 +316,6 @@ def rank_1_pid(processes) -> int | None:
 
 @pytest.mark.slow
 def test_a_lost_process_stops_the_job_with_resume_advice_and_resume_finishes(tmp_path):
-    if BACKEND not in JOB_BACKENDS:
-        pytest.skip("multi-worker tensorflow is refused for now (keras-team/keras#20585)")
     run, timeout = tmp_path / "run", 20
     argv = ["-m", "alexnet_k3", "train", *TRAIN_ARGS, "--data-parallel", "--out", str(run)]
     env = job_env(ALEXNET_K3_DIST_TIMEOUT=str(timeout))
@@ -367,8 +351,6 @@ def test_a_lost_process_stops_the_job_with_resume_advice_and_resume_finishes(tmp
 
 @pytest.mark.slow
 def test_bench_data_parallel_times_a_one_and_a_two_process_job(tmp_path, run_cli):
-    if BACKEND not in JOB_BACKENDS:
-        pytest.skip("multi-worker tensorflow is refused for now (keras-team/keras#20585)")
     out = tmp_path / "dp.json"
     tiny = ["--variant", "cifar", "--image-size", "32", "--batch-size", "4", "--steps", "2"]
     run_cli(
@@ -391,7 +373,7 @@ def test_bench_data_parallel_times_a_one_and_a_two_process_job(tmp_path, run_cli
     assert "not a scaling result" in out.with_suffix(".md").read_text()
 
 
-def test_bench_data_parallel_refuses_a_backend_without_jobs(run_cli):
-    result = run_cli("bench", "--data-parallel", "--backends", "tensorflow")
+def test_bench_data_parallel_refuses_an_unknown_backend(run_cli):
+    result = run_cli("bench", "--data-parallel", "--backends", "torch,mxnet")
     assert result.returncode == 2
-    assert "--backends tensorflow: expected some of torch,jax" in result.stderr
+    assert "--backends torch,mxnet: expected some of torch,jax,tensorflow" in result.stderr

@@ -132,7 +132,7 @@ def test_readme_commands_are_all_accounted_for():
                 assert "install_check" in ci_sessions, "CI does not run nox -s install_check"
                 assert f'".[{named.group(1)}]"' in _session_source("install_check"), target
         elif argv[0] == "export":
-            continue  # test_readme_distribution_variables_reach_keras
+            continue  # test_readme_distribution_variables_reach_jax and the TF_CONFIG test
         else:
             pytest.fail(f"README command {argv} is neither run by a test nor by CI")
 
@@ -146,10 +146,30 @@ def _session_source(name: str) -> str:
     pytest.fail(f"noxfile.py has no session {name}")
 
 
+def _exported() -> dict[str, str]:
+    """The README's `export NAME=VALUE` lines."""
+    return dict(argv[1].split("=", 1) for argv in COMMANDS if argv[0] == "export")
+
+
+def test_readme_tf_config_names_a_two_worker_job(monkeypatch):
+    # The README's `export TF_CONFIG=...`: process 0 of 2 here, and on tensorflow the
+    # cluster TensorFlow's own resolver (MultiWorkerMirroredStrategy's) reads from it.
+    tf_config = _exported()["TF_CONFIG"]
+    assert launch.job_process("tensorflow", {"TF_CONFIG": tf_config}) == (0, 2)
+    if BACKEND != "tensorflow":
+        return
+    import tensorflow as tf
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    assert resolver.cluster_spec().as_dict() == {"worker": ["host0:12345", "host1:12345"]}
+    assert (resolver.task_type, resolver.task_id) == ("worker", 0)
+
+
 def test_readme_distribution_variables_reach_jax(monkeypatch):
     # The README's `export KERAS_DISTRIBUTION_*` lines: read as this process's place in
     # a job, and passed on to jax.distributed.initialize as keras.distribution's would.
-    exported = dict(argv[1].split("=", 1) for argv in COMMANDS if argv[0] == "export")
+    exported = {k: v for k, v in _exported().items() if k.startswith("KERAS_DISTRIBUTION_")}
     assert len(exported) == 3
     assert launch.job_process("jax", exported) == (
         int(exported["KERAS_DISTRIBUTION_PROCESS_ID"]),
@@ -246,8 +266,8 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
         elif command == "train":
             run(argv + quick)
             metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
-            if "--data-parallel" in argv:
-                assert metrics["devices"] == 2
+            if "--data-parallel" in argv:  # jax: 2 CPU devices here; tensorflow sees one CPU
+                assert metrics["devices"] == (2 if _option(argv, "--backend") == "jax" else 1)
         elif command == "convert":
             offline = run(argv, expect_ok=False)
             assert offline.returncode == 2 and "alexnet-owt-7be5be79.pth" in offline.stderr
@@ -274,9 +294,8 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
             run(argv)
             metrics = json.loads((tmp_path / _option(argv, "--out") / "metrics.json").read_text())
             assert metrics["backend"] == "jax" and metrics["trained_on_backend"] == BACKEND
-        elif (
-            command == "bench"
-        ):  # at tiny settings, on torch (the test's backends: test_distribution)
+        elif command == "bench":
+            # At tiny settings, on torch (every backend's job: test_distribution).
             assert "--data-parallel" in argv, argv
             tiny = ["--backends", "torch", "--variant", "cifar", "--image-size", "32"]
             tiny += ["--batch-size", "4", "--steps", "1", "--warmup", "1"]

@@ -15,7 +15,8 @@ then `backend.device_name()` and so on. What cannot be agnostic lives here, by j
 - `parallel`: data-parallel training (`data_parallel`: `DataParallel` in one
   process, `OneDevice` without it, `replicas_holding`);
 - `jobs`: multi-process jobs (torchrun + DistributedDataParallel on torch,
-  jax.distributed on jax: `job_in_environment`, `WorkerLost`).
+  jax.distributed on jax, `tf_job`'s MultiWorkerMirroredStrategy on tensorflow:
+  `job_in_environment`, `WorkerLost`, `save_alone` for process 0's saves).
 - `updates`: optimizer updates written for one backend where the generic one is
   measurably slower (`TorchSGD`'s multi-tensor step on torch, TF's fused momentum
   kernel on tensorflow).
@@ -50,7 +51,7 @@ from alexnet_k3.backend.info import (
     synchronize,
     versions,
 )
-from alexnet_k3.backend.jobs import WorkerLost, job_in_environment, outside_distribution
+from alexnet_k3.backend.jobs import WorkerLost, job_in_environment, save_alone
 from alexnet_k3.backend.parallel import (
     DataParallel,
     OneDevice,
@@ -90,7 +91,6 @@ __all__ = [
     "job_in_environment",
     "keep_tensorflow_unimported",
     "name",
-    "outside_distribution",
     "peak_memory_bytes",
     "precision_warning",
     "random_state",
@@ -101,6 +101,7 @@ __all__ = [
     "replicas_holding",
     "repeated_batch_feed",
     "reset_peak_memory",
+    "save_alone",
     "seed_generator",
     "set_matmul_precision",
     "set_random_state",

@@ -1,8 +1,10 @@
-"""Multi-process data-parallel jobs: torch (torchrun, DistributedDataParallel) and jax.
+"""Multi-process data-parallel jobs: torch (torchrun, DDP), jax, tensorflow (TF_CONFIG).
 
 A job is described by its launcher's variables (`alexnet_k3.launch.job_process`):
 torchrun's RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT on torch,
-KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID on jax. Every
+KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID on jax, TF_CONFIG
+on tensorflow (`tf_job`: MultiWorkerMirroredStrategy, routed around
+keras-team/keras#20585). Every
 process runs the same `train`; each feeds its share of every global batch
 (`feed.shard_feed`), and process 0 alone writes the run folder.
 
@@ -23,7 +25,8 @@ import keras
 import numpy as np
 
 from alexnet_k3 import core, launch
-from alexnet_k3.backend import feed, info
+from alexnet_k3.backend import feed, info, tf_job
+from alexnet_k3.core import atomic_save
 
 
 class WorkerLost(ConnectionError):
@@ -47,15 +50,26 @@ def join(devices: int | None = None) -> Job:
     return _JOINED
 
 
-@contextlib.contextmanager
-def outside_distribution():
-    """Runs the block with no Keras distribution set: for saves only process 0 makes.
+def save_alone(model, save, path) -> None:
+    """`core.atomic_save(save, path)` of `model`, outside any distribution: process 0's saves.
 
     Keras's savers build throwaway optimizers and metrics to know which attributes
-    to skip; under a multi-process jax distribution each new variable is a
-    collective (`jax.device_put` checks every process passes the same value), which
-    process 0 alone would enter: the processes then fall out of step.
+    to skip. Under a multi-process distribution each new variable is a collective
+    (jax: `jax.device_put` checks every process passes the same value;
+    tensorflow: its initial value is broadcast from worker 0), which process 0
+    alone would enter: the processes then fall out of step, or wait until the
+    timeout. So jax saves with no distribution set, tensorflow outside the
+    strategy's scope (`tf_job.save_outside_scope`).
     """
+    if _JOINED is not None and _JOINED.backend == "tensorflow":
+        tf_job.save_outside_scope(lambda: atomic_save(save, path), model)
+        return
+    with _no_jax_distribution():
+        atomic_save(save, path)
+
+
+@contextlib.contextmanager
+def _no_jax_distribution():
     if info.name() != "jax" or keras.distribution.distribution() is None:
         yield
         return
@@ -77,7 +91,10 @@ class Job:
     backward pass). jax: `jax.distributed.initialize` from the
     KERAS_DISTRIBUTION_* variables, with gloo collectives on CPUs, heartbeat and
     shutdown bounded by the same timeout, and `keras.distribution.DataParallel`
-    over every process's devices. One device per process on torch.
+    over every process's devices. tensorflow: `tf_job.strategy`
+    (MultiWorkerMirroredStrategy from TF_CONFIG, collectives bounded by the same
+    timeout) over every worker's local GPUs, or one CPU each. One device per
+    process on torch.
 
     Attributes:
         rank, processes: this process's index and the job's process count.
@@ -90,20 +107,19 @@ class Job:
         self.writes = rank == 0
         self.timeout = launch.dist_timeout()
         self.backend = info.name()
+        self._shards = None  # tensorflow: the training feed's shard_feed, for FeedEpoch
         if self.backend == "torch":
             self.devices = [f"process-{r}" for r in range(processes)]
             self._engine = None
             self._join_torch()
+        elif self.backend == "tensorflow":
+            self._engine = tf_job.strategy(self.timeout)
+            self.devices = [f"replica-{i}" for i in range(self._engine.num_replicas_in_sync)]
+            self._check_devices(devices)
         else:
             self._join_jax()
-            available = keras.distribution.list_devices()
-            if devices is not None and devices != len(available):
-                raise ValueError(
-                    f"devices={devices} asked for, but this {processes}-process job has "
-                    f"{len(available)} devices: a job uses all of them. Leave out "
-                    f"{core.option_name('devices')}, or launch the job on fewer devices."
-                )
-            self.devices = list(available)
+            self.devices = list(keras.distribution.list_devices())
+            self._check_devices(devices)
             # Each process already feeds its own share (`train_feed`): Keras's auto-sharding
             # (for a tf.data.Dataset only) would shard it again.
             self._engine = keras.distribution.DataParallel(
@@ -117,6 +133,14 @@ class Job:
     @property
     def num_replicas(self) -> int:
         return len(self.devices)
+
+    def _check_devices(self, devices: int | None) -> None:
+        if devices is not None and devices != self.num_replicas:
+            raise ValueError(
+                f"devices={devices} asked for, but this {self.processes}-process job has "
+                f"{self.num_replicas} devices: a job uses all of them. Leave out "
+                f"{core.option_name('devices')}, or launch the job on fewer devices."
+            )
 
     def _join_torch(self):
         import torch
@@ -164,44 +188,57 @@ class Job:
         return self._engine.scope() if self._engine is not None else contextlib.nullcontext()
 
     def prepare(self, model) -> None:
-        """Readies a compiled `model` for `fit` in the job (torch: DDP; call again per compile)."""
+        """Readies a compiled `model` for `fit` in the job (call again per compile).
+
+        torch: DDP; tensorflow: `tf_job.prepare` (keras-team/keras#20585).
+        """
         if self.backend == "torch":
             _use_ddp(model)
+        elif self.backend == "tensorflow":
+            tf_job.prepare(model)
 
     def callbacks(self, train_feed) -> list:
         """Callbacks to put first in `fit`'s list: `train_feed`'s epoch; on torch `TorchSync`."""
         first = [TorchSync(self.processes)] if self.backend == "torch" else []
-        return [*first, FeedEpoch(train_feed["x"])]
+        shards = self._shards if self.backend == "tensorflow" else train_feed["x"]
+        return [*first, FeedEpoch(shards)]
 
     def train_feed(self, x, y, batch_size: int, seed: int) -> dict:
         """`fit`'s training data: this process's share of each global batch, reshuffled."""
-        return {
-            "x": feed.shard_feed(
-                x,
-                y,
-                batch_size=batch_size,
-                rank=self.rank,
-                processes=self.processes,
-                replicas=self.num_replicas,
-                shuffle_seed=seed,
-            )
-        }
+        shards = feed.shard_feed(
+            x,
+            y,
+            batch_size=batch_size,
+            rank=self.rank,
+            processes=self.processes,
+            replicas=self.num_replicas,
+            shuffle_seed=seed,
+        )
+        if self.backend != "tensorflow":
+            return {"x": shards}
+        self._shards = shards
+        return {"x": self._distributed(shards), "shuffle": False}  # the feed shuffles
+
+    def _distributed(self, shards):
+        local = self.num_replicas // self.processes  # every worker has as many
+        return tf_job.distributed_feed(self._engine, shards, local)
 
     def steps_per_epoch(self, n: int, batch_size: int) -> int:
         """Global batches in an epoch of `n` images, padded as `train_feed` pads them."""
         return -(-(n + -n % self.num_replicas) // batch_size)
 
     def validation_feed(self, x, y, batch_size: int):
-        """jax: this process's share (its distribution covers every step); torch: all of it.
+        """jax, tensorflow: this process's share (the metrics are the job's); torch: all of it.
 
         On torch every process validates the whole hold-out on identical weights.
         """
         if self.backend == "torch":
             return x, y
         n = len(x) - len(x) % self.num_replicas  # at most num_replicas - 1 images left out
-        return feed.shard_feed(
+        shards = feed.shard_feed(
             x[:n], y[:n], batch_size=batch_size, rank=self.rank, processes=self.processes
         )
+        return self._distributed(shards) if self.backend == "tensorflow" else shards
 
     def lost(self, error: BaseException) -> WorkerLost | None:
         """The `WorkerLost` that `error` (raised while training) means, or None."""
@@ -230,7 +267,7 @@ class Job:
         raise WorkerLost(self.advice("was stopped by its launcher (another process failed)"))
 
     def finish(self) -> None:
-        """Leaves the job once training is over (torch; jax leaves as the process exits)."""
+        """Leaves the job once training is over (torch; jax and tensorflow leave at exit)."""
         if self.backend == "torch":
             import torch.distributed as dist
 

@@ -1,8 +1,9 @@
 """Data parallelism: one process over local devices (jax, tensorflow), or a job of several.
 
 `data_parallel` picks the engine: a multi-process `jobs.Job` where the
-environment describes a job (torchrun on torch, KERAS_DISTRIBUTION_* on jax), else
-the one-process `DataParallel`. Both answer the same questions for `train`.
+environment describes a job (torchrun on torch, KERAS_DISTRIBUTION_* on jax,
+TF_CONFIG on tensorflow), else the one-process `DataParallel`.
+Both answer the same questions for `train`.
 """
 
 from __future__ import annotations
@@ -14,26 +15,13 @@ import keras
 from alexnet_k3 import core, launch
 from alexnet_k3.backend import feed, info, jobs
 
-# TensorFlow's multi-worker training is not wired in yet: Keras's fit under
-# MultiWorkerMirroredStrategy is keras-team/keras#20585.
-TF_MULTI_WORKER_ISSUE = "keras-team/keras#20585"
-
 
 def data_parallel(devices: int | None = None):
     """The engine `train(data_parallel=True)` uses in this process (see the module doc).
 
-    Raises ValueError for a setup that cannot train: torch without torchrun, a
-    TF_CONFIG job on tensorflow (each worker would train alone), bad `devices`.
+    Raises ValueError for a setup that cannot train: torch without torchrun, bad `devices`.
     """
     job = jobs.job_in_environment()
-    if job is not None and info.name() == "tensorflow":
-        raise ValueError(
-            f"TF_CONFIG describes a {job[1]}-process job, but multi-worker training on the "
-            f"tensorflow backend is not supported yet (Keras's fit under "
-            f"MultiWorkerMirroredStrategy: {TF_MULTI_WORKER_ISSUE}); each worker would train "
-            "alone. Launch the job on --backend torch (torchrun) or --backend jax "
-            "(KERAS_DISTRIBUTION_*), or unset TF_CONFIG to train in one process."
-        )
     if job is not None:
         return jobs.join(devices)
     return DataParallel(devices)
