@@ -177,11 +177,26 @@ def run(backend: str, processes: int, args: list[str], *, env: dict | None = Non
         subprocess.Popen(command, env={**os.environ, **(env or {}), **extra})
         for command, extra in commands(backend, processes, args)
     ]
-    codes = [None] * len(started)
-    while any(code is None for code in codes):
-        codes = [p.poll() for p in started]
+    return next((code for code in wait(started) if code), 0)
+
+
+def wait(processes: list, timeout: float | None = None) -> list[int | None]:
+    """Exit codes of `processes` once all have ended; after `timeout` s the rest are killed.
+
+    A killed process's code is None. Polls all of them, so that one ending early
+    never waits behind another.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while any(p.poll() is None for p in processes):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         time.sleep(0.2)
-    return next((code for code in codes if code), 0)
+    codes = [p.poll() for p in processes]
+    for p, code in zip(processes, codes, strict=True):
+        if code is None:
+            p.kill()
+            p.wait()
+    return codes
 
 
 def main(argv: list[str] | None = None) -> int:

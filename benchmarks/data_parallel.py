@@ -150,7 +150,7 @@ def run_job(backend: str, processes: int, config: dict, *, timeout: float) -> di
                     log,
                 )
             )
-        codes = _wait([p for p, _ in started], timeout)
+        codes = launch.wait([p for p, _ in started], timeout)
         tails = []
         for _, log in started:
             log.seek(0)
@@ -164,19 +164,6 @@ def run_job(backend: str, processes: int, config: dict, *, timeout: float) -> di
     reason = "timed out" if codes[failed] is None else f"exit code {codes[failed]}"
     row["error"] = f"process {failed} failed ({reason}): {last}"
     return row
-
-
-def _wait(processes, timeout: float) -> list[int | None]:
-    """Exit codes once all have ended; after `timeout` s the rest are killed (None)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(p.poll() is None for p in processes):
-        time.sleep(0.2)
-    codes = [p.poll() for p in processes]
-    for p, code in zip(processes, codes, strict=True):
-        if code is None:
-            p.kill()
-            p.wait()
-    return codes
 
 
 def add_efficiency(rows: list[dict]) -> None:

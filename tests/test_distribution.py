@@ -55,6 +55,15 @@ def test_a_job_process_without_data_parallel_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+def test_launch_wait_gives_exit_codes_and_kills_what_outlives_the_timeout():
+    quick = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    start = time.monotonic()
+    assert launch.wait([quick, stuck], timeout=3) == [3, None]
+    assert time.monotonic() - start < 30
+    assert stuck.poll() is not None  # killed, not left running
+
+
 def test_job_process_reads_each_launchers_variables():
     assert launch.job_process("torch", {"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
     assert launch.job_process("torch", {"KERAS_DISTRIBUTION_PROCESS_ID": "1"}) is None
