@@ -145,8 +145,9 @@ def save_outside_scope(save, model=None) -> None:
     """Runs `save()` outside the strategy's scope, with plain BatchNormalization configs.
 
     Inside the scope every variable Keras's savers create for themselves (a
-    throwaway optimizer) is a collective the other workers never join, so process
-    0's save would wait until it fails. A strategy's scope belongs to the thread
+    throwaway optimizer) is a collective the other workers never join: process 0's
+    save fails, or the workers' collectives fall out of step ("Collective instance
+    ... expected type", seen on 2 CPU workers). A strategy's scope belongs to the thread
     that entered it: a fresh thread has none. `synchronized=True` would go into a
     saved `.keras` config, which the torch and jax backends refuse to load.
     """
