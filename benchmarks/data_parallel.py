@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -154,16 +155,36 @@ def run_job(backend: str, processes: int, config: dict, *, timeout: float) -> di
         tails = []
         for _, log in started:
             log.seek(0)
-            tails.append(collections.deque(log.read().splitlines(), maxlen=20))
+            tails.append(list(collections.deque(log.read().splitlines(), maxlen=60)))
             log.close()
         if result_path.exists() and not any(codes):
             row.update(json.loads(result_path.read_text()))
             return row
     failed = next((i for i, code in enumerate(codes) if code), 0)
-    last = next((line for line in reversed(tails[failed]) if line.strip()), "")
     reason = "timed out" if codes[failed] is None else f"exit code {codes[failed]}"
-    row["error"] = f"process {failed} failed ({reason}): {last}"
+    row["error"] = f"process {failed} failed ({reason}): {error_line(tails[failed])}"
+    print(f"[bench] {backend} x{processes}, the end of process {failed}'s output:", file=sys.stderr)
+    print("\n".join(tails[failed]), file=sys.stderr, flush=True)
     return row
+
+
+def error_line(lines: list[str]) -> str:
+    """The line of a failed process's output that names its error: the last exception line.
+
+    Not torchrun's own ChildFailedError, which only says a worker failed: the
+    worker's traceback comes before it. Else the last line with words in it
+    (torchrun ends its report with a rule of "=").
+
+    Example:
+        >>> error_line(["Traceback ...", "ValueError: bad", "=====", "Root Cause"])
+        'ValueError: bad'
+    """
+    for line in reversed(lines):
+        if "ChildFailedError" in line:
+            continue
+        if re.match(r"\s*[\w.]+(Error|Exception|Exit|Interrupt)\b", line):
+            return line.strip()
+    return next((line.strip() for line in reversed(lines) if re.search(r"\w", line)), "")
 
 
 def add_efficiency(rows: list[dict]) -> None:

@@ -386,3 +386,13 @@ def test_bench_data_parallel_refuses_an_unknown_backend(run_cli):
     result = run_cli("bench", "--data-parallel", "--backends", "torch,mxnet")
     assert result.returncode == 2
     assert "--backends torch,mxnet: expected some of torch,jax,tensorflow" in result.stderr
+
+
+def test_bench_data_parallel_names_a_failed_processs_error_not_torchruns_banner():
+    from benchmarks.data_parallel import error_line
+
+    output = ["Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: bad"]
+    output += ["torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", "=" * 55]
+    assert error_line(output[:3] + ["=" * 55]) == "ValueError: bad"
+    assert error_line(output) == "ValueError: bad"  # the worker's, not torchrun's
+    assert error_line(["some words", "=" * 55]) == "some words"
