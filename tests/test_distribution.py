@@ -396,3 +396,25 @@ def test_bench_data_parallel_names_a_failed_processs_error_not_torchruns_banner(
     assert error_line(output[:3] + ["=" * 55]) == "ValueError: bad"
     assert error_line(output) == "ValueError: bad"  # the worker's, not torchrun's
     assert error_line(["some words", "=" * 55]) == "some words"
+
+
+def test_a_torch_job_leaves_cleanly_after_two_compiles(monkeypatch):
+    """Transfer learning compiles twice (frozen features, then fine-tuning): DDP each time."""
+    if BACKEND != "torch":
+        pytest.skip("torch's DistributedDataParallel")
+    from alexnet_k3.backend import jobs
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(launch.free_ports(1)[0]))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    job = jobs.Job(0, 1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    for _ in range(2):
+        model.compile(optimizer="sgd", loss="mse")
+        job.prepare(model)
+    job.finish()
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    assert "train_step" not in vars(model)  # Keras's own step again

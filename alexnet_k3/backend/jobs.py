@@ -196,7 +196,8 @@ class Job:
         """
         if self.backend == "torch":
             _use_ddp(model)
-            self._ddp_models.append(model)
+            if model not in self._ddp_models:  # compiled again: the new step replaced the old
+                self._ddp_models.append(model)
         elif self.backend == "tensorflow":
             tf_job.prepare(model)
 

@@ -141,7 +141,7 @@ def distributed_feed(strategy, shards, local_replicas: int):
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def save_outside_scope(save, model=None) -> None:
+def save_outside_scope(save, model) -> None:
     """Runs `save()` outside the strategy's scope, with plain BatchNormalization configs.
 
     Inside the scope every variable Keras's savers create for themselves (a
@@ -151,7 +151,7 @@ def save_outside_scope(save, model=None) -> None:
     that entered it: a fresh thread has none. `synchronized=True` would go into a
     saved `.keras` config, which the torch and jax backends refuse to load.
     """
-    layers = batch_normalizations(model) if model is not None else []
+    layers = batch_normalizations(model)
     errors = []
 
     def run():
