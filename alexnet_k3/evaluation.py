@@ -62,6 +62,11 @@ def load_model(path) -> keras.Model:
             "this zip is damaged or holds something else: copy it again, or train again."
         ) from error
     _check_runs_here(model, path)
+    # The saved compile config holds the jit setting the training backend resolved
+    # ("auto" is True on jax): on torch that would mean a torch.compile of the whole
+    # model, minutes on a CPU before the first prediction. None lets Keras resolve
+    # "auto" again for the backend running now.
+    model.jit_compile = None
     return model
 
 
