@@ -14,8 +14,7 @@ import pytest
 from headless_chromium import Chromium, find_chromium
 from PIL import Image
 
-from alexnet_k3 import study_report
-from alexnet_k3.study_report import paragraph, write_report
+from alexnet_k3.study_report import paragraph, records, write_report
 
 SHA = "3f2a9c1e7b44d0e5a6c8b9f0112233445566778899aabbccddeeff0011223344"
 TRANSFER_SHA = "aa11bb22cc33dd44ee55ff6600778899aabbccddeeff00112233445566778899"
@@ -332,10 +331,10 @@ def test_history_folder_outside_the_study_is_not_read(tmp_path):
     out = tmp_path / "study"
     out.mkdir()
     study["runs"][0]["folder"] = "../elsewhere"
-    histories = study_report._histories(out, study["runs"][:1])
+    histories = records.read_histories(out, study["runs"][:1])
     assert histories == {"scratch-torch": None}
     study["runs"][0]["folder"] = str(outside)  # absolute
-    assert study_report._histories(out, study["runs"][:1]) == {"scratch-torch": None}
+    assert records.read_histories(out, study["runs"][:1]) == {"scratch-torch": None}
 
 
 def test_write_report_refuses_what_is_not_a_study(tmp_path):
@@ -434,8 +433,8 @@ def test_paragraph_transfer_share_and_unfinished_runs():
 def test_paragraph_with_one_run_and_with_none():
     assert paragraph({"runs": []}) == "The study has no runs."
     text = paragraph({"runs": [_simple("only", 0.5)]})
-    assert text == "only reached 50.00% test accuracy, the only train run with a result. " + (
-        "All 1 runs finished."
+    assert text == (
+        "only reached 50.00% test accuracy, the only train run with a result. The run finished."
     )
 
 
