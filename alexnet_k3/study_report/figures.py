@@ -43,12 +43,16 @@ def heatmap_figure(study: dict):
         return None
     plt = _pyplot()
     values = np.array([[np.nan if v is None else v for v in row] for _, row in rows])
-    fig, ax = plt.subplots(
-        figsize=(max(5.0, 2.5 + 0.65 * len(names)), max(2.0, 1.4 + 0.38 * len(rows)))
-    )
+    # Cells shrink past 20 inches a side: a folder of many classes stays one readable image.
+    width = min(20.0, max(5.0, 2.5 + 0.65 * len(names)))
+    fig, ax = plt.subplots(figsize=(width, min(20.0, max(2.0, 1.4 + 0.38 * len(rows)))))
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(names)), [_label(n, 16) for n in names], rotation=40, ha="right")
+    if len(names) <= 60:
+        ax.set_xticks(range(len(names)), [_label(n, 16) for n in names], rotation=40, ha="right")
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{len(names)} classes")
     ax.set_yticks(range(len(rows)), [_label(run, 28) for run, _ in rows])
     if len(names) <= 30 and len(rows) <= 40:
         for i in range(len(rows)):

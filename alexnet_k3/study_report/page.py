@@ -122,7 +122,8 @@ def html_page(study: dict, histories: dict[str, list[dict]]) -> str:
                 png(heatmap),
                 f"Heat map of per-class test accuracy: {len(rows)} runs by {len(names)} classes, "
                 "colour from 0 to 1.",
-                "Test accuracy of each class over all its test images (grey: no test image).",
+                "Test accuracy of each class over all its test images (grey: no value, a class "
+                "without test images or not among that run's classes).",
             )
         )
         table = [[(run, "")] + [(_fmt(v), "num") for v in values] for run, values in rows]
