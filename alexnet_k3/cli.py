@@ -243,9 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or a TOML plan file",
     )
     study.add_argument("--out", required=True, help="the study's folder")
-    study.add_argument(
-        "--dry-run", action="store_true", help="print the plan as a table and exit"
-    )
+    study.add_argument("--dry-run", action="store_true", help="print the plan as a table and exit")
     study.add_argument(
         "--restart",
         action="append",

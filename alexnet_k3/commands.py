@@ -122,8 +122,7 @@ def info(args) -> int:
 
 
 def study(args) -> int:
-    from alexnet_k3.study import study
-    from alexnet_k3.study_plan import load_plan
+    from alexnet_k3.studies import load_plan, study
 
     plan = load_plan(args.plan)
     if args.dry_run:

@@ -14,7 +14,7 @@ import pytest
 from headless_chromium import Chromium, find_chromium
 from PIL import Image
 
-from alexnet_k3.study_report import paragraph, records, write_report
+from alexnet_k3.studies.report import paragraph, records, write_report
 
 SHA = "3f2a9c1e7b44d0e5a6c8b9f0112233445566778899aabbccddeeff0011223344"
 TRANSFER_SHA = "aa11bb22cc33dd44ee55ff6600778899aabbccddeeff00112233445566778899"
@@ -445,7 +445,7 @@ def test_paragraph_with_one_run_and_with_none():
 def test_study_report_imports_no_framework_and_no_matplotlib():
     # The report reruns on a machine with the study folder only; matplotlib loads on first plot.
     code = (
-        "import sys, alexnet_k3.study_report\n"
+        "import sys, alexnet_k3.studies.report\n"
         "print(sorted(m for m in ('keras', 'torch', 'tensorflow', 'jax', 'matplotlib')"
         " if m in sys.modules))"
     )

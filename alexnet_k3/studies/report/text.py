@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alexnet_k3.study_report.records import num, pct, train_runs
+from alexnet_k3.studies.report.records import num, pct, train_runs
 
 
 def _points(difference: float) -> str:

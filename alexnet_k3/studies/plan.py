@@ -44,6 +44,7 @@ from pathlib import Path
 
 from alexnet_k3.config import TrainConfig
 from alexnet_k3.core import ARCHS_WITH_VARIANTS, BACKENDS
+from alexnet_k3.studies.presets import PRESETS
 
 try:
     import tomllib
@@ -149,57 +150,6 @@ def installed_backends() -> list[str]:
     return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
 
 
-# --- Presets --------------------------------------------------------------------------
-# Written in the TOML file's own shape, so a preset is read by the same code.
-
-
-def _demo() -> dict:
-    return {
-        "cross_backend": True,
-        "defaults": {
-            "dataset": "digits",
-            "variant": "cifar",
-            "epochs": 8,
-            "batch_size": 64,
-            "seed": 0,
-        },
-        "runs": [
-            {"name": "scratch-cifar-{backend}", "backend": "all"},
-            {"name": "scratch-cifar-torch-reference", "implementation": "torch-reference"},
-        ],
-        "notes": "The cifar variant from scratch on scikit-learn's digits (offline), from the "
-        "same initial weights on every backend, beside the plain PyTorch loop of the same recipe.",
-    }
-
-
-def _course() -> dict:
-    return {
-        "cross_backend": True,
-        "defaults": {"dataset": "cifar10", "batch_size": 64, "seed": 0},
-        "scratch": {"variant": "cifar", "epochs": 30},
-        "transfer": {"weights": "imagenet", "epochs": 10, "freeze_epochs": 2},
-        "runs": [
-            {"name": "scratch-cifar-{backend}", "backend": "all"},
-            {"name": "scratch-cifar-torch-reference", "implementation": "torch-reference"},
-            {
-                "name": "transfer-alexnet-{backend}",
-                "backend": "all",
-                "variant": "torchvision",
-                "weights": "imagenet",
-            },
-            {"name": "transfer-vgg16", "arch": "vgg16", "weights": "imagenet"},
-        ],
-        "notes": "The course studies' settings: from scratch 30 epochs, transfer (AlexNet and "
-        "VGG16) 10 epochs of which 2 train the classifier only, batch 64, ImageNet models "
-        "at 224x224 (resized on the device). The learning rates are the package's measured "
-        "defaults (SGD 0.02 for the cifar variant, 0.01 for networks without batch norm), "
-        "not the reports' 0.001 to 0.002.",
-    }
-
-
-PRESETS = {"demo": _demo, "course": _course}
-
-
 # --- Reading and checking -------------------------------------------------------------
 
 
@@ -261,8 +211,7 @@ def _with_preset(label: str, data: dict) -> dict:
         return data
     if preset not in PRESETS:
         raise PlanError(
-            f"{label}: preset = {preset!r} is not a preset; expected one of "
-            f"{', '.join(PRESETS)}."
+            f"{label}: preset = {preset!r} is not a preset; expected one of {', '.join(PRESETS)}."
         )
     merged = PRESETS[preset]()
     for table in ("defaults", *MODE_TABLES):
@@ -409,7 +358,9 @@ def _cross_backend(runs: list[PlannedRun], backends: list[str]) -> list[PlannedR
     return evaluations
 
 
-def saved_difference(run: PlannedRun, saved: dict, canonical=lambda key, value: value) -> str | None:
+def saved_difference(
+    run: PlannedRun, saved: dict, canonical=lambda key, value: value
+) -> str | None:
     """How a run folder's saved config.json differs from the plan's run, or None.
 
     `canonical(key, value)` maps a saved value to the plan's terms (a weights file

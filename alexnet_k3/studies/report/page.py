@@ -7,7 +7,7 @@ import html
 import json
 
 from alexnet_k3.report import _fmt
-from alexnet_k3.study_report.figures import (
+from alexnet_k3.studies.report.figures import (
     confusion_figure,
     curves_figure,
     heatmap_figure,
@@ -15,7 +15,7 @@ from alexnet_k3.study_report.figures import (
     png,
     scatter_figure,
 )
-from alexnet_k3.study_report.records import (
+from alexnet_k3.studies.report.records import (
     NUMERIC_KEYS,
     SUMMARY_COLUMNS,
     TRAIN_KINDS,
@@ -28,7 +28,7 @@ from alexnet_k3.study_report.records import (
     settings_text,
     summary_cells,
 )
-from alexnet_k3.study_report.text import paragraph
+from alexnet_k3.studies.report.text import paragraph
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;

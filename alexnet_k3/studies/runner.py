@@ -12,58 +12,33 @@ what they wrote and reports:
   line, and the others go on; a transfer run whose ImageNet weights cannot be
   had is a row marked skipped, saying where to put a copy;
 - `DIR/study.json` holds one record per run, `DIR/study.md` and
-  `DIR/study.html` the report (`alexnet_k3.study_report`).
+  `DIR/study.html` the report (`alexnet_k3.studies.report`).
 
 Keras-free: the backends run in the child processes only.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import datetime
-import hashlib
-import importlib.metadata
-import json
 import os
-import platform
-import re
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import fields
 from pathlib import Path
 
-from alexnet_k3 import downloads, runs
-from alexnet_k3.config import TrainConfig
-from alexnet_k3.core import (
-    IMAGENET_CHECKPOINTS,
-    JIT_SETTINGS,
-    atomic_write_json,
-    cpu_name,
-    read_json,
+from alexnet_k3 import runs
+from alexnet_k3.core import IMAGENET_CHECKPOINTS, atomic_write_json, read_json
+from alexnet_k3.studies.plan import Plan, PlanError, PlannedRun, load_plan, saved_difference
+from alexnet_k3.studies.processes import find_imagenet_weights, run_process
+from alexnet_k3.studies.records import (
+    duration,
+    environment,
+    iso_time,
+    read_metrics,
+    run_record,
+    train_options,
 )
-from alexnet_k3.study_plan import Plan, PlanError, PlannedRun, load_plan, saved_difference
 
 STUDY_FILE = "study.json"
-# The figures a run's metrics.json gives its study record.
-_RECORD_METRICS = (
-    "test_accuracy",
-    "test_top5_accuracy",
-    "test_loss",
-    "class_names",
-    "per_class_accuracy",
-    "confusion_matrix",
-    "train_seconds",
-    "images_per_second",
-    "initial_weights_sha256",
-    "device",
-)
-_PACKAGES = ("alexnet-k3", "keras", "numpy", "torch", "torchvision", "jax", "jaxlib", "tensorflow")
-_ERROR_LINE = re.compile(r"^alexnet-k3 \w+: error: ")
 
 
 def study(
@@ -80,7 +55,7 @@ def study(
     Args:
         plan: a preset ("demo": the digits offline; "course": CIFAR-10, the course
             study), the path of a TOML plan, or a dict of the TOML's shape
-            (`alexnet_k3.study_plan`).
+            (`alexnet_k3.studies.plan`).
         out: the study's folder; each run is the folder `out/<name>`.
         weights_dir: a folder holding copies of torchvision's ImageNet checkpoints
             (`alexnet-owt-7be5be79.pth`, `vgg16-397923af.pth`), looked in before
@@ -201,38 +176,41 @@ class _Study:
         folder = self.out / run.name
         done = self._finished(run, folder)
         if done is not None:
-            self._progress(index, total, run, "finished earlier, kept")
+            kept = "finished earlier, kept"
+            if done["status"] == "failed":
+                kept = f"failed earlier, kept (--restart {run.name} runs it again)"
+            self._progress(index, total, run, kept)
             return done, False
         skip = self._reason_to_skip(run)
         if skip:
             self._progress(index, total, run, skip)
-            return _record(run, status="skipped", message=skip), False
+            return run_record(run, status="skipped", message=skip), False
         command = self._command(run, folder)
         self._progress(index, total, run, "resuming" if "--resume" in command else "starting")
-        code, error_line = _run_process(command)
-        metrics = _read_metrics(folder)
+        code, error_line = run_process(command)
+        metrics = read_metrics(folder)
         if code == 0 and metrics is not None and metrics.get("status") != "diverged":
-            return _record(run, metrics), True
+            return run_record(run, metrics), True
         message = (metrics or {}).get("message") or error_line or f"exit code {code}"
         print(f"study: run {run.name} failed: {message}", file=sys.stderr, flush=True)
-        return _record(run, status="failed", message=message), True
+        return run_record(run, status="failed", message=message), True
 
     def _finished(self, run: PlannedRun, folder: Path) -> dict | None:
-        metrics = _read_metrics(folder)
+        metrics = read_metrics(folder)
         if metrics is None:
             return None
         if run.trains:
             if not (folder / "config.json").exists():
                 return None
             if metrics.get("status") == "diverged":  # resuming would diverge again
-                return _record(run, status="failed", message=metrics.get("message"))
-            return _record(run, metrics)
+                return run_record(run, status="failed", message=metrics.get("message"))
+            return run_record(run, metrics)
         source_model = self.out / run.source / "model.keras"
         if not source_model.exists() or (
             source_model.stat().st_mtime > (folder / "metrics.json").stat().st_mtime
         ):
             return None  # its source was trained again since: evaluate again
-        return _record(run, metrics)
+        return run_record(run, metrics)
 
     def _reason_to_skip(self, run: PlannedRun) -> str | None:
         if not run.trains:
@@ -288,11 +266,11 @@ class _Study:
     def _progress(self, index: int, total: int, run: PlannedRun, what: str) -> None:
         elapsed = time.time() - self.started
         left = self._estimate_left(index)
-        estimate = f", about {_duration(left)} left" if left is not None else ""
+        estimate = f", about {duration(left)} left" if left is not None else ""
         where = f"{run.kind} on {run.backend}" + (f", model of {run.source}" if run.source else "")
         print(
             f"study: run {index} of {total}: {run.name} ({where}): {what} "
-            f"[{_duration(elapsed)} elapsed{estimate}]",
+            f"[{duration(elapsed)} elapsed{estimate}]",
             flush=True,
         )
 
@@ -323,13 +301,13 @@ class _Study:
         study = {
             "format": 1,
             "plan": self.plan.describe(),
-            "environment": _environment(records),
+            "environment": environment(records),
             "weights_files": {
                 arch: {"path": str(path) if path else None, "note": note}
                 for arch, (path, note) in self.weights.items()
             },
-            "started": _iso(self.started),
-            "finished": _iso(time.time()),
+            "started": iso_time(self.started),
+            "finished": iso_time(time.time()),
             "wall_seconds": round(wall, 1),
             "train_seconds": round(self.executed_train_seconds, 1),
             "overhead_seconds": round(wall - self.executed_train_seconds, 1),
@@ -339,7 +317,7 @@ class _Study:
         return study
 
     def _write_report(self, record: dict) -> None:
-        from alexnet_k3.study_report import write_report
+        from alexnet_k3.studies.report import write_report
 
         written = write_report(self.out, record)
         print(f"study: wrote {', '.join(str(p) for p in written)}", flush=True)
@@ -354,202 +332,3 @@ class _Study:
             tags={"kind": run.kind, "study": str(self.out), "study_run": run.name},
             run_name=run.name,
         )
-
-
-def _record(run: PlannedRun, metrics: dict | None = None, *, status="ok", message=None) -> dict:
-    """The study.json record of `run`, from its metrics.json when it has one."""
-    described = run.describe()
-    record = {
-        "name": run.name,
-        "kind": run.kind,
-        "backend": run.backend,
-        "arch": described["arch"],
-        "variant": described["variant"],
-        "mode": described["mode"],
-        "dataset": described["dataset"],
-        "epochs": described["epochs"],
-        "status": status,
-        "message": message,
-        "folder": run.name,
-        "source": run.source,
-        "cross_backend": {},
-    }
-    record.update({key: (metrics or {}).get(key) for key in _RECORD_METRICS})
-    if run.kind == "evaluate":
-        record.update(train_seconds=None, images_per_second=None)
-    return record
-
-
-def _read_metrics(folder: Path) -> dict | None:
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) else None
-
-
-def train_options(settings: dict) -> list[str]:
-    """`alexnet-k3 train`'s command-line options for these `TrainConfig` settings."""
-    options = []
-    for f in fields(TrainConfig):
-        if f.name not in settings or settings[f.name] is None:
-            continue
-        value = settings[f.name]
-        flag = (f.metadata["flags"] or (f"--{f.name.replace('_', '-')}",))[0]
-        if f.metadata["kind"] == "bool":
-            options.append(flag if value else f"--no-{flag[2:]}")
-        elif f.metadata["kind"] == "jit":
-            options += [flag, next(k for k, v in JIT_SETTINGS.items() if v is value or v == value)]
-        else:
-            options += [flag, str(value)]
-    return options
-
-
-def _run_process(command: list[str]) -> tuple[int, str | None]:
-    """Runs `command` with its output shown; returns its exit code and last error line.
-
-    Its standard output is this process's (Keras draws its progress bar on a
-    terminal, one line per epoch elsewhere); its standard error is passed through
-    line by line and its last error line kept. It dies with this process.
-    """
-    process = subprocess.Popen(
-        command,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
-    tail = collections.deque(maxlen=50)
-
-    def relay():
-        for line in process.stderr:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            tail.append(line.rstrip("\n"))
-
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
-    try:
-        code = process.wait()
-    except BaseException:  # Ctrl-C: stop the run (it resumes next time), then stop
-        process.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-        process.kill()
-        raise
-    reader.join(timeout=5)
-    return code, _error_line(list(tail))
-
-
-def _error_line(lines: list[str]) -> str | None:
-    """The command's own error line, else the last line of a traceback or of the output."""
-    for line in reversed(lines):
-        if _ERROR_LINE.match(line):
-            return _ERROR_LINE.sub("", line)
-    for line in reversed(lines):
-        if line.strip():
-            return line.strip()
-    return None
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL it when the study's process dies, however that dies, so a
-    killed study leaves no run writing on; the next study resumes that run."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def find_imagenet_weights(arch: str, weights_dir: Path | None) -> tuple[Path | None, str]:
-    """torchvision's ImageNet checkpoint of `arch` on this machine, downloaded if need be.
-
-    Looks in `weights_dir`, then in torch hub's cache (`$TORCH_HOME/hub/checkpoints`),
-    then downloads it there (SHA-256 checked). A copy found on disk is used as it is,
-    as `--weights PATH` would be; the note then says whether it is torchvision's file.
-
-    Returns:
-        (path, note): the file and a note on it, or (None, why it is unavailable and
-        where to put a copy).
-    """
-    url, prefix = IMAGENET_CHECKPOINTS[arch]
-    name = url.rsplit("/", 1)[-1]
-    hub = torch_hub_checkpoints()
-    places = ([weights_dir] if weights_dir else []) + [hub]
-    for folder in places:
-        path = folder / name
-        if path.is_file():
-            digest = _sha256(path)
-            if digest.startswith(prefix):
-                return path, ""
-            return path, (
-                f"{path} is not torchvision's published {name} (its SHA-256 starts with "
-                f"{digest[:8]}, not {prefix}); the runs use it as it is."
-            )
-    try:
-        downloads.download(url, hub / name, hash_name="sha256", expected=prefix)
-    except downloads.DownloadError as error:
-        where = " or ".join(f"'{p}'" for p in places)
-        return None, (
-            f"skipped: weights unavailable: {name} is not in {where} and could not be "
-            f"downloaded ({error}). Put a copy in '{hub}' ($TORCH_HOME/hub/checkpoints) or "
-            "in a folder given as --weights-dir, then run the study again."
-        )
-    return hub / name, ""
-
-
-def torch_hub_checkpoints() -> Path:
-    """`torch.hub.get_dir()/checkpoints` without importing torch: $TORCH_HOME/hub/checkpoints."""
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
-    )
-    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _environment(records: list[dict]) -> dict:
-    versions = {}
-    for package in _PACKAGES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    devices = {}
-    for record in records:
-        if record.get("device") and record["kind"] != "evaluate":
-            devices.setdefault(record["backend"], record["device"])
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cores": cores,
-        "packages": versions,
-        "devices": devices,
-    }
-
-
-def _iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
-        timespec="seconds"
-    )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from alexnet_k3.core import atomic_write_text
-from alexnet_k3.study_report.md import markdown
-from alexnet_k3.study_report.page import html_page
-from alexnet_k3.study_report.records import read_histories
-from alexnet_k3.study_report.text import paragraph
+from alexnet_k3.studies.report.md import markdown
+from alexnet_k3.studies.report.page import html_page
+from alexnet_k3.studies.report.records import read_histories
+from alexnet_k3.studies.report.text import paragraph
 
 __all__ = ["html_page", "markdown", "paragraph", "write_report"]
 
@@ -26,7 +26,7 @@ def write_report(out: Path, study: dict) -> list[Path]:
 
     Args:
         out: the study folder (DIR), which holds the run folders.
-        study: the dict that `alexnet_k3.study` writes to DIR/study.json.
+        study: the dict that `alexnet_k3.studies` writes to DIR/study.json.
 
     Returns:
         The paths written: study.md, then study.html.

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from alexnet_k3.study_report.records import is_ok, num, pct, per_class_rows, train_runs
+from alexnet_k3.studies.report.records import is_ok, num, pct, per_class_rows, train_runs
 
 
 def _label(text, width: int | None = None) -> str:

@@ -6,7 +6,7 @@ import json
 import re
 
 from alexnet_k3.report import _cell, _fmt
-from alexnet_k3.study_report.records import (
+from alexnet_k3.studies.report.records import (
     NUMERIC_KEYS,
     SUMMARY_COLUMNS,
     environment_items,
@@ -16,7 +16,7 @@ from alexnet_k3.study_report.records import (
     settings_text,
     summary_cells,
 )
-from alexnet_k3.study_report.text import paragraph
+from alexnet_k3.studies.report.text import paragraph
 
 
 def _fence(text: str) -> str:
