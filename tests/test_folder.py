@@ -278,11 +278,53 @@ def test_links_leaving_the_folder_are_not_followed(tmp_path, cache, capsys):
     (root / "china" / "link.jpg").symlink_to(outside / "china" / "00.jpg")
     (root / "flower" / "more").symlink_to(outside / "flower", target_is_directory=True)
     (root / "outside-class").symlink_to(outside / "china", target_is_directory=True)
-    (root / "china" / "inside.jpg").symlink_to(root / "flower" / "00.jpg")  # inside: read
+    (root / "china" / "same.jpg").symlink_to(root / "china" / "00.jpg")  # the same file: once
+    (root / "china" / "inside").symlink_to(root / "china", target_is_directory=True)  # a loop
     data = load_folder(root, 16)
-    assert data.class_names == CLASSES and len(data.x_train) + len(data.x_test) == 13
+    assert data.class_names == CLASSES and len(data.x_train) + len(data.x_test) == 12
     err = capsys.readouterr().err
     assert "skipped 3 symbolic link(s) pointing outside" in err and "link.jpg" in err
+    assert "skipped 1 symbolic link loop(s)" in err and "china/inside" in err
+
+
+def test_a_link_loop_or_a_link_to_another_class_counts_no_image_twice(tmp_path, cache, capsys):
+    root = write_photo_folder(tmp_path / "photos")
+    (root / "china" / "loop").symlink_to("..", target_is_directory=True)  # ln -s .. china/loop
+    (root / "china" / "a").mkdir()
+    (root / "china" / "b").mkdir()
+    (root / "china" / "a" / "to-b").symlink_to("../b", target_is_directory=True)
+    (root / "china" / "b" / "to-a").symlink_to("../a", target_is_directory=True)  # a cycle
+    (root / "china" / "flower.jpg").symlink_to("../flower/00.jpg")  # another class's image
+    (root / "kitty").symlink_to("china", target_is_directory=True)  # a class twice
+    data = load_folder(root, 16)
+    assert data.class_names == CLASSES
+    labels = np.concatenate([data.y_train, data.y_test])
+    assert np.bincount(labels).tolist() == [6, 6]  # each image once, under its real class
+    err = capsys.readouterr().err
+    assert "skipped 2 symbolic link loop(s)" in err  # china/loop, and the a-b cycle once
+    assert f"{root / 'china' / 'loop'} -> {root}" in err
+    assert "leading out of their class folder" in err and "china/flower.jpg" in err
+    assert f"{root / 'kitty'} -> {root / 'china'}" in err
+
+
+def test_a_same_size_same_mtime_replacement_is_decoded_again(tmp_path, cache):
+    root = write_photo_folder(tmp_path / "photos")
+    first, second = crops("china", 2, shape=(16, 16), seed=3)
+    path = root / "china" / "swapped.bmp"
+    Image.fromarray(first).save(path)
+    before = path.stat()
+    data = load_folder(root, 16, test_split=0.5)
+    every = np.concatenate([data.x_train, data.x_test])
+    assert (every == first).all(axis=(1, 2, 3)).any()
+    # Replaced in place by an image of the same size, its times put back (touch -r).
+    Image.fromarray(second).save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    data = load_folder(root, 16, test_split=0.5)
+    every = np.concatenate([data.x_train, data.x_test])
+    assert (every == second).all(axis=(1, 2, 3)).any()
+    assert not (every == first).all(axis=(1, 2, 3)).any()
 
 
 def test_settings_for_folders_only_are_refused_for_other_datasets(tmp_path):
