@@ -181,6 +181,19 @@ def test_cache_is_reused_and_redone_when_the_folder_changes(tmp_path, cache, mon
     assert calls == [1, 1, 1, 1, 1]
 
 
+def test_an_unwritable_cache_names_its_folder_and_what_to_do(tmp_path, cache, monkeypatch):
+    root = write_photo_folder(tmp_path / "photos")
+    folder = folder_cache.cache_folder(root.resolve(), 16)
+    (folder / f".tmp-{os.getpid()}-images.npy.all.npy").mkdir(parents=True)  # in the way
+    with pytest.raises(OSError, match=f"cache in {folder} .*ALEXNET_K3_CACHE at a") as error:
+        load_folder(root, 16)
+    assert ".tmp-" not in str(error.value)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(folder_cache.CACHE_ENV_VAR, str(tmp_path / "a-file"))
+    with pytest.raises(OSError, match=r"cache in \S*a-file/photos-16px-\w+ \(.*writable"):
+        load_folder(root, 16)
+
+
 def test_default_cache_is_in_the_keras_dataset_cache(tmp_path, monkeypatch):
     monkeypatch.delenv(folder_cache.CACHE_ENV_VAR, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
