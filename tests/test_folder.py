@@ -284,6 +284,27 @@ def test_folder_errors_are_clear_and_leave_nothing_behind(tmp_path, cache, case)
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def test_a_bad_checkpoint_is_refused_before_the_folder_is_decoded(tmp_path, cache, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from alexnet_k3.training import train
+    from alexnet_k3.weights.errors import WeightsError
+
+    root = write_photo_folder(tmp_path / "photos")
+    bad = tmp_path / "convs-only.pth"  # a readable state_dict that lacks most layers
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, bad)
+    calls = []
+    real = decode.decode_into
+    monkeypatch.setattr(
+        folder_cache, "decode_into", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    out = tmp_path / "run"
+    with pytest.raises(WeightsError, match="convs-only.pth"):
+        train(out, dataset="folder", data_dir=str(root), variant="torchvision",
+              weights=str(bad), epochs=1, verbose=0)  # fmt: skip
+    assert calls == [] and not out.exists()
+    assert not cache.exists() or not any(cache.iterdir())
+
+
 def test_links_leaving_the_folder_are_not_followed(tmp_path, cache, capsys):
     root = write_photo_folder(tmp_path / "photos")
     outside = tmp_path / "elsewhere"
