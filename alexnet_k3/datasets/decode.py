@@ -7,8 +7,9 @@ decodes many files into the rows of a `.npy` file opened as a memmap, so no more
 one image per worker is ever held in memory.
 
 Threads, not processes: Pillow releases the GIL while it decodes and resizes, so
-threads keep most of the processes' speed-up (two threads 1.85x one, two processes
-2.2x, on the 2-core AMD EPYC: `benchmarks/results/decode-cpu-2core.md`), and they
+threads keep most of the processes' speed-up (on the 2-core AMD EPYC, two threads
+1.85x one and two processes 2.2x, `benchmarks/results/decode-cpu-2core-amd-epyc-
+threads-vs-processes.md`; 1.9x and 2.15x in `decode-cpu-2core.md`), and they
 cannot hang: spawned processes re-run the caller's `__main__`, so a script calling
 `train(dataset="folder")` without an `if __name__ == "__main__":` guard waited
 forever for workers that had died re-running it.
