@@ -166,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ARCHS,
         help="refuse a model of another network (default: evaluate whichever it holds)",
     )
-    evaluate.add_argument("--dataset", choices=DATASETS, default="digits")
+    evaluate.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="default: the dataset (and --data-dir) of the model's run, from config.json "
+        "beside the model, else digits",
+    )
     evaluate.add_argument("--data-dir", help="CIFAR-10's folder or tarball, or the image folder")
     evaluate.add_argument(
         "--test-split",
