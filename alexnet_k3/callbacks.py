@@ -18,7 +18,7 @@ import keras
 
 from alexnet_k3 import backend, runs
 from alexnet_k3.core import atomic_write_text, read_json
-from alexnet_k3.runs import load_history  # also for the callers of this module
+from alexnet_k3.progress import load_history, write_history
 
 
 def finite_loss(logs) -> bool:
@@ -182,7 +182,7 @@ class HistoryWriter(keras.callbacks.Callback):
         self.epochs = [e for e in self.epochs if e["epoch"] != epoch + 1] + [record]
         self.epochs.sort(key=lambda e: e["epoch"])
         if self.write:
-            runs.write_history(self.path, self.epochs)
+            write_history(self.path, self.epochs)
 
 
 def fit_callbacks(out: Path, phase: str, *, validation: bool, best=None, write=True) -> list:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from alexnet_k3.config import TrainConfig
+from alexnet_k3.config import TrainConfig, implementation_of
 from alexnet_k3.core import ARCH_TITLES, ARCHS_WITH_VARIANTS
 
 
 def train(args) -> int:
-    from alexnet_k3 import runs
-
     # Exactly the options given: train() fills in TrainConfig's defaults, and a
     # resumed run refuses any that contradicts its saved settings.
     settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
@@ -28,7 +26,7 @@ def train(args) -> int:
     if args.out is None:  # the default folder depends on the implementation given
         implementation = settings.get("implementation", defaults.implementation)
     else:  # a resumed run's own, unless given
-        implementation = runs.implementation(args.out, args.resume, settings)
+        implementation = implementation_of(settings, args.out, args.resume)
     if implementation == "torch-reference":
         # The plain PyTorch loop: Keras is never imported.
         if args.backend not in (None, "torch"):

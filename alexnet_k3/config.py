@@ -10,8 +10,10 @@ the command line can read it before choosing a backend.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from alexnet_k3.core import (
@@ -210,6 +212,30 @@ class TrainConfig:
         kind="bool",
     )
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> TrainConfig:
+        """The config of a new run from exactly the settings given, validated.
+
+        Raises:
+            TypeError: a setting that is no field of `TrainConfig`.
+            ValueError: a value `validate` refuses, or a `variant` given for an
+                architecture without variants (even its default).
+        """
+        unknown = set(settings) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(
+                f"train() got unknown settings {sorted(unknown)}; "
+                f"expected some of {sorted(cls.__dataclass_fields__)}."
+            )
+        config = cls(**settings)
+        if "variant" in settings and config.model_variant is None:  # even the default, if given
+            raise ValueError(
+                f"`variant` must be left unset with arch={config.arch!r} (variants are "
+                f"AlexNet's), received variant={config.variant!r}."
+            )
+        config.validate()
+        return config
+
     def validate(self) -> None:
         """Raises ValueError naming the first setting outside what its field admits."""
         for f in fields(self):
@@ -289,6 +315,25 @@ _REFERENCE_LIMITS = (
     ("data_parallel", lambda v: v is False, "False (the loop trains on one device)"),
     ("init", lambda v: v == "torch", "'torch' (torch's own initialization)"),
 )
+
+
+def implementation_of(settings: dict, out=None, resume: bool = False) -> str:
+    """What trains a run: the `implementation` in `settings`, else a resumed run's own
+    (its `out/config.json`; runs from before the setting existed are Keras runs).
+
+    Only a hint for choosing the trainer: the trainer reads and checks the saved
+    config itself (`runs.saved_config`), so a damaged one is reported there.
+    """
+    if "implementation" in settings:
+        return settings["implementation"]
+    if resume and out is not None:
+        try:
+            saved = json.loads((Path(out) / "config.json").read_text())
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict):
+            return saved.get("implementation", "keras")
+    return _default("implementation")
 
 
 def _default(name: str):

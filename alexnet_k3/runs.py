@@ -35,7 +35,7 @@ try:
 except ImportError:  # Windows: folders are not locked there
     fcntl = None
 
-# What `train` writes besides config.json.
+# What `train` writes besides config.json (model.pt: the plain PyTorch loop's model).
 RUN_FILES = (
     "history.json",
     "history.csv",
@@ -46,12 +46,9 @@ RUN_FILES = (
     "state",
     "class_names.json",
 )
-# The trained model of a run: a Keras run's, and the plain PyTorch loop's state_dict.
-MODEL_FILES = ("model.keras", "model.pt")
 # The model's class names, beside model.keras: what `evaluate` and `predict` call each
 # output (an image folder's class names exist nowhere else).
 CLASS_NAMES_FILE = "class_names.json"
-
 
 LOCK_FILE = ".lock"
 # What `evaluate --out` writes (report.write_run without a history).
@@ -205,8 +202,6 @@ def saved_config(out: Path, settings: dict) -> TrainConfig:
     # and before `schedule` existed they decayed with a cosine.
     saved.setdefault("init", "keras")
     saved.setdefault("schedule", "cosine")
-    # and before `implementation` existed every run was a Keras run.
-    saved.setdefault("implementation", "keras")
     unknown_saved = sorted(set(saved) - set(TrainConfig.__dataclass_fields__))
     if unknown_saved:
         raise ValueError(
@@ -236,60 +231,6 @@ def saved_config(out: Path, settings: dict) -> TrainConfig:
             "or start a new run in another folder."
         )
     return config
-
-
-def new_config(settings: dict) -> TrainConfig:
-    """The config of a new run from exactly the settings given, validated.
-
-    Raises:
-        TypeError: a setting that is no field of `TrainConfig`.
-        ValueError: a value `TrainConfig.validate` refuses, or a `variant` given for
-            an architecture without variants (even its default).
-    """
-    unknown = set(settings) - set(TrainConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(
-            f"train() got unknown settings {sorted(unknown)}; "
-            f"expected some of {sorted(TrainConfig.__dataclass_fields__)}."
-        )
-    config = TrainConfig(**settings)
-    if "variant" in settings and config.model_variant is None:  # even the default, if given
-        raise ValueError(
-            f"`variant` must be left unset with arch={config.arch!r} (variants are AlexNet's), "
-            f"received variant={config.variant!r}."
-        )
-    config.validate()
-    return config
-
-
-def implementation(out: Path, resume: bool, settings: dict) -> str:
-    """What trains the run in `out`: the `implementation` given, else a resumed run's own.
-
-    Only a hint for choosing the trainer: the trainer reads and checks the saved
-    config itself (`saved_config`), so a damaged one is reported there.
-    """
-    if "implementation" in settings:
-        return settings["implementation"]
-    if resume:
-        try:
-            saved = json.loads((Path(out) / "config.json").read_text())
-        except (OSError, ValueError):
-            saved = None
-        if isinstance(saved, dict):
-            return saved.get("implementation", "keras")
-    return "keras"
-
-
-def verbosity(verbose, isatty: bool | None = None):
-    """The verbosity a run prints with: "auto" is 1 (redrawn progress) on a terminal only.
-
-    Keras's own "auto" draws the bar everywhere, refreshed twice a second; into
-    a file or a CI log that is not a terminal those refreshes pile up as lines,
-    so there it is one line per epoch (2).
-    """
-    if verbose != "auto":
-        return verbose
-    return 1 if (sys.stdout.isatty() if isatty is None else isatty) else 2
 
 
 def start(out: Path, config: TrainConfig) -> None:
@@ -336,7 +277,7 @@ def mark_diverged(out: Path, epoch: int, loss: float, learning_rate: float) -> T
 
     `metrics.json` then holds no test figures: the run produced none.
     """
-    kept = next((name for name in MODEL_FILES if (out / name).exists()), None)
+    kept = next((n for n in ("model.keras", "model.pt") if (out / n).exists()), None)
     message = (
         f"Training diverged in epoch {epoch}: the training loss was {loss}. "
         + (
@@ -365,42 +306,6 @@ def abandon(out: Path) -> None:
     """Removes what a start that failed before its first epoch wrote, freeing `out`."""
     for name in ("config.json", CLASS_NAMES_FILE):
         (Path(out) / name).unlink(missing_ok=True)
-
-
-def load_history(path) -> list[dict]:
-    """The epochs' records in a run's `history.json` ([] where there is none yet)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    advice = (
-        "It holds the run's record of epochs, so the run cannot be resumed as it is: "
-        "restore the file, or start a new run in another folder."
-    )
-    return read_json(path, advice, list)
-
-
-def write_history(path, epochs: list[dict]) -> None:
-    """Writes the epochs' records to `history.json`, atomically."""
-    atomic_write_text(path, json.dumps(epochs, indent=1))
-
-
-def timing(history: list[dict], n_train: int) -> dict:
-    """A run's training time and speed, from its epochs' `seconds`.
-
-    The first epoch includes tracing/compilation (or, in plain PyTorch, the first
-    allocations and cuDNN's autotuning); the steady figure leaves it out.
-    """
-    seconds = sum(e["seconds"] for e in history)
-    steady = history[1:] if len(history) > 1 else history
-    steady_seconds = sum(e["seconds"] for e in steady)
-    return {
-        "train_images": n_train,
-        "train_seconds": round(seconds, 3),
-        "images_per_second": round(n_train * len(history) / seconds, 1) if seconds else None,
-        "images_per_second_after_first_epoch": (
-            round(n_train * len(steady) / steady_seconds, 1) if steady_seconds else None
-        ),
-    }
 
 
 def load_data(out: Path, config: TrainConfig, default_size: int, save: bool = True):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import keras
 
-from alexnet_k3 import backend, runs
+from alexnet_k3 import backend, progress, runs
 from alexnet_k3.callbacks import fit_callbacks, stop_diverged
-from alexnet_k3.config import TrainConfig
+from alexnet_k3.config import TrainConfig, implementation_of
 from alexnet_k3.core import FLIP_AUGMENTATION
 from alexnet_k3.model import build_classifier, default_input_size, weights_checksum
 from alexnet_k3.optimizers import TorchSGD
@@ -72,7 +72,7 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
         True
     """
     out = Path(out)
-    if runs.implementation(out, resume, settings) == "torch-reference":
+    if implementation_of(settings, out, resume) == "torch-reference":
         from alexnet_k3 import reference
 
         return reference.train(out, resume=resume, verbose=verbose, **settings)
@@ -81,7 +81,7 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
     # A job's processes other than 0 only read it (process 0 holds the lock).
     with runs.lock(out) if job is None or job[0] == 0 else contextlib.nullcontext():
         # In a job, process 0 alone prints progress.
-        verbose = 0 if job is not None and job[0] > 0 else runs.verbosity(verbose)
+        verbose = 0 if job is not None and job[0] > 0 else progress.verbosity(verbose)
         return _train(out, resume, verbose, settings)
 
 
@@ -125,7 +125,7 @@ def _prepare_run(out: Path, resume: bool, settings: dict):
     if resume:
         config = runs.saved_config(out, settings)
         return config, _data_parallel(config)  # a job joins before jax computes anything
-    config = runs.new_config(settings)
+    config = TrainConfig.from_settings(settings)
     # Refuse an impossible setup before writing anything. The engine first: a
     # tensorflow job's strategy must exist before TensorFlow's runtime starts.
     parallel = _data_parallel(config)
@@ -201,7 +201,7 @@ def _run(out: Path, config: TrainConfig, verbose, parallel) -> dict:
 
     best = load_model(best_path)
     metrics = evaluate_arrays(best, data.x_test, data.y_test, data.class_names, config.batch_size)
-    history = runs.load_history(history_path)
+    history = progress.load_history(history_path)
     metrics.update(_run_summary(config, data, len(x_train), history))
     metrics.update(init=config.init, initial_weights_sha256=initial_checksum)
     metrics.update(devices=replicas, replicas_holding_weights=holding, **speed_settings)
@@ -227,7 +227,7 @@ def _fit_phases(model, config, out: Path, train_data, validation, verbose, paral
     best_so_far = None
     if (out / "model.keras").exists():  # resuming: beat the best model already saved
         best_so_far = max(
-            (e["val_accuracy"] for e in runs.load_history(history_path) if "val_accuracy" in e),
+            (e["val_accuracy"] for e in progress.load_history(history_path) if "val_accuracy" in e),
             default=None,
         )
     state_dir = out / "state"
@@ -358,5 +358,5 @@ def _run_summary(config: TrainConfig, data, n_train: int, history: list[dict]) -
         "precision": config.precision,
         "data_format": _data_format(config),
         "implementation": config.implementation,
-        **runs.timing(history, n_train),
+        **progress.timing(history, n_train),
     }

@@ -21,7 +21,7 @@ import torch
 torch.set_num_threads(1)
 import keras
 
-from alexnet_k3 import reference
+from alexnet_k3 import torch_loop
 from alexnet_k3.datasets import load_digits
 
 SIZE, BATCH, LR, EPOCHS = 64, 64, 0.01, 8
@@ -30,7 +30,7 @@ init_seed, loop_seed = int(sys.argv[1]), int(sys.argv[2])
 mode = sys.argv[3] if len(sys.argv) > 3 else "pkg"
 data = load_digits()
 torch.manual_seed(loop_seed)
-model = reference.build_model("torchvision", data.num_classes)
+model = torch_loop.build_model("torchvision", data.num_classes)
 if mode == "pkg":
     from alexnet_k3.model import AlexNet
     from alexnet_k3.weights import to_torchvision_state_dict
@@ -40,17 +40,17 @@ if mode == "pkg":
     state = to_torchvision_state_dict(net)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
 optimizer = torch.optim.SGD(
-    model.parameters(), lr=LR, momentum=reference.MOMENTUM, weight_decay=5e-4
+    model.parameters(), lr=LR, momentum=torch_loop.MOMENTUM, weight_decay=5e-4
 )
 generator = torch.Generator().manual_seed(loop_seed)
 images = torch.from_numpy(data.x_train).permute(0, 3, 1, 2).contiguous()
 labels = torch.from_numpy(data.y_train).long()
 start, curve, losses = time.perf_counter(), [], []
 for _ in range(EPOCHS):
-    logs = reference.run_epoch(
+    logs = torch_loop.run_epoch(
         model, optimizer, images, labels, generator, batch_size=BATCH, image_size=SIZE
     )
-    logits = reference.predict_logits(model, data.x_test, image_size=SIZE)
+    logits = torch_loop.predict_logits(model, data.x_test, image_size=SIZE)
     curve.append(round(float((logits.argmax(1) == data.y_test).mean()), 5))
     losses.append(round(logs["loss"], 5))
 print(

@@ -17,12 +17,13 @@ from cifar_files import write_cifar10
 
 from alexnet_k3 import runs
 from alexnet_k3.cli import main
-from alexnet_k3.config import TrainConfig
+from alexnet_k3.config import TrainConfig, implementation_of
 from alexnet_k3.datasets import load_cifar10
 from alexnet_k3.report import compare_runs
 from benchmarks import proxy_data
 
 torch = pytest.importorskip("torch")
+torch_loop = pytest.importorskip("alexnet_k3.torch_loop")
 reference = pytest.importorskip("alexnet_k3.reference")
 
 SMALL = {"dataset": "cifar10", "epochs": 2, "batch_size": 50, "seed": 0}
@@ -56,9 +57,9 @@ def keras_run(small_cifar, tmp_path_factory):
 def test_cifar_reference_matches_the_keras_variant():
     from alexnet_k3 import AlexNet
 
-    model = reference.build_model("cifar", 10)
+    model = torch_loop.build_model("cifar", 10)
     keras_count = AlexNet(variant="cifar", num_classes=10).count_params()
-    assert reference.keras_parameter_count(model) == keras_count == 3_723_946
+    assert torch_loop.keras_parameter_count(model) == keras_count == 3_723_946
     assert model.features(torch.zeros(1, 3, 32, 32)).shape == (1, 128, 4, 4)
 
 
@@ -70,7 +71,7 @@ def test_reference_pooling_takes_the_windows_of_keras_same_padding(side):
     expected = keras.ops.convert_to_numpy(
         keras.layers.MaxPooling2D(3, 2, padding="same", data_format="channels_last")(x)
     )
-    pool = reference.SamePadMaxPool2d(3, 2)
+    pool = torch_loop.SamePadMaxPool2d(3, 2)
     got = pool(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(got, expected)
 
@@ -79,10 +80,10 @@ def test_defaults_restated_for_torch_are_the_keras_models():
     from alexnet_k3 import preprocessing
     from alexnet_k3.model import default_input_size
 
-    for variant, size in reference.DEFAULT_SIZES.items():
+    for variant, size in torch_loop.DEFAULT_SIZES.items():
         assert default_input_size("alexnet", variant) == size, variant
-    assert reference.IMAGENET_MEAN == preprocessing.IMAGENET_MEAN
-    assert reference.IMAGENET_STD == preprocessing.IMAGENET_STD
+    assert torch_loop.IMAGENET_MEAN == preprocessing.IMAGENET_MEAN
+    assert torch_loop.IMAGENET_STD == preprocessing.IMAGENET_STD
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -98,7 +99,7 @@ def test_reference_inputs_are_what_the_keras_pipeline_feeds_its_network(size):
         expected = keras.ops.convert_to_numpy(input_pipeline(size)(images, training=False))
     finally:
         keras.config.set_image_data_format(previous)
-    got = reference.to_inputs(torch.from_numpy(images).permute(0, 3, 1, 2), size)
+    got = torch_loop.to_inputs(torch.from_numpy(images).permute(0, 3, 1, 2), size)
     np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), expected, atol=1e-5)
 
 
@@ -106,12 +107,12 @@ def test_reference_inputs_are_what_the_keras_pipeline_feeds_its_network(size):
 def test_augmentation_keeps_shape_and_shifts_and_flips_only_if_asked(flip):
     images = torch.arange(64 * 3 * 32 * 32, dtype=torch.int32).reshape(64, 3, 32, 32) % 251
     images = images.to(torch.uint8)
-    out = reference.augment(images, torch.Generator().manual_seed(0), flip=flip)
+    out = torch_loop.augment(images, torch.Generator().manual_seed(0), flip=flip)
     assert out.shape == images.shape and out.dtype == torch.uint8
     assert not torch.equal(out, images)
     # A shifted, unflipped image holds a window of the original's rows in order.
     ramp = torch.arange(32, dtype=torch.uint8).expand(64, 3, 32, 32).contiguous() + 1
-    shifted = reference.augment(ramp, torch.Generator().manual_seed(0), flip=flip)
+    shifted = torch_loop.augment(ramp, torch.Generator().manual_seed(0), flip=flip)
     rows = shifted[:, 0, 16]  # the middle row: never all zero fill
     increasing = [bool((r[r > 0].int().diff() > 0).all()) for r in rows]
     assert all(increasing) if not flip else 10 < sum(increasing) < 54
@@ -158,12 +159,12 @@ def test_reference_run_folder_matches_a_keras_runs(reference_run, keras_run, sma
     assert {key: saved[key] for key in expected} == expected
     assert np.asarray(saved["confusion_matrix"]).sum() == 50
     torch.manual_seed(0)  # the run's seed: its initial weights again
-    model = reference.build_model("cifar", 10)
-    assert saved["initial_weights_sha256"] == reference.state_sha256(model)
+    model = torch_loop.build_model("cifar", 10)
+    assert saved["initial_weights_sha256"] == torch_loop.state_sha256(model)
     # model.pt is the model that was tested.
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     data = load_cifar10(small_cifar)
-    logits = reference.predict_logits(model, data.x_test, image_size=32)
+    logits = torch_loop.predict_logits(model, data.x_test, image_size=32)
     assert (logits.argmax(1) == data.y_test).mean() == saved["test_accuracy"]
 
 
@@ -262,13 +263,13 @@ def test_runs_from_before_the_implementation_setting_are_keras_runs(tmp_path):
     saved = asdict(TrainConfig())
     del saved["implementation"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert runs.implementation(tmp_path, True, {}) == "keras"
+    assert implementation_of({}, tmp_path, True) == "keras"
     assert runs.saved_config(tmp_path, {}).implementation == "keras"
     saved["implementation"] = "torch-reference"
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert runs.implementation(tmp_path, True, {}) == "torch-reference"
-    assert runs.implementation(tmp_path, False, {}) == "keras"  # a new run: the default
-    assert runs.implementation(tmp_path, True, {"implementation": "keras"}) == "keras"
+    assert implementation_of({}, tmp_path, True) == "torch-reference"
+    assert implementation_of({}, tmp_path, False) == "keras"  # a new run: the default
+    assert implementation_of({"implementation": "keras"}, tmp_path, True) == "keras"
 
 
 @pytest.mark.once
