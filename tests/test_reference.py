@@ -181,6 +181,9 @@ def test_a_resumed_finished_run_is_kept_and_contradicting_settings_are_refused(r
     out, metrics = reference_run
     before = (out / "metrics.json").stat().st_mtime_ns
     assert reference.train(out, resume=True, verbose=0) == json.loads(json.dumps(metrics))
+    import alexnet_k3 as ak  # its train() resumes the run with the run's own trainer
+
+    assert ak.train(out, resume=True)["implementation"] == "torch-reference"
     with pytest.raises(ValueError, match=r"Cannot resume .*epochs=5 was asked for"):
         reference.train(out, resume=True, epochs=5)
     with pytest.raises(ValueError, match="implementation='keras' was asked for"):
