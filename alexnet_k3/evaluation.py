@@ -13,11 +13,10 @@ import zipfile
 from pathlib import Path
 
 import keras
-import numpy as np
-from sklearn.metrics import confusion_matrix
 
 from alexnet_k3 import backend, datasets, runs
 from alexnet_k3.core import ARCHS, DATASETS, option_name
+from alexnet_k3.metrics import metrics_from_logits
 
 
 def load_model(path) -> keras.Model:
@@ -94,46 +93,17 @@ def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
     """Evaluates `model` on images `x` (uint8 as the model takes them) and integer labels `y`.
 
     Returns:
-        A dict with `test_accuracy`, `test_loss` (cross-entropy, no label
-        smoothing), `test_top5_accuracy` (more than 5 classes only),
-        `per_class_accuracy` (class name -> accuracy over all its test images),
-        `confusion_matrix` (rows = true class, columns = predicted), `test_images`
-        and `eval_images_per_second`.
+        `metrics.metrics_from_logits` of the model's logits: a dict with
+        `test_accuracy`, `test_loss` (cross-entropy, no label smoothing),
+        `test_top5_accuracy` (more than 5 classes only), `per_class_accuracy`
+        (class name -> accuracy over all its test images), `confusion_matrix`
+        (rows = true class, columns = predicted), `test_images` and
+        `eval_images_per_second`.
     """
     start = time.perf_counter()
     feed = backend.array_feed(x, batch_size=batch_size)
-    logits = np.asarray(model.predict(**feed, verbose=0), dtype="float64")
-    seconds = time.perf_counter() - start
-    num_classes = len(class_names)
-    if logits.shape != (len(x), num_classes):
-        raise ValueError(
-            f"The model outputs shape {logits.shape[1:]} per image, but the dataset has "
-            f"{num_classes} classes: evaluate a model trained on this dataset."
-        )
-    y = np.asarray(y, dtype="int64")
-    log_probs = logits - logits.max(axis=1, keepdims=True)
-    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
-    predicted = logits.argmax(axis=1)
-    confusion = confusion_matrix(y, predicted, labels=np.arange(num_classes))
-    support = confusion.sum(axis=1)
-    per_class = np.divide(
-        np.diag(confusion), support, out=np.full(num_classes, np.nan), where=support > 0
-    )
-    metrics = {
-        "test_accuracy": float((predicted == y).mean()),
-        "test_loss": float(-log_probs[np.arange(len(y)), y].mean()),
-        "per_class_accuracy": {
-            name: (None if np.isnan(a) else float(a)) for name, a in zip(class_names, per_class)
-        },
-        "confusion_matrix": confusion.tolist(),
-        "class_names": list(class_names),
-        "test_images": int(len(y)),
-        "eval_images_per_second": round(len(y) / seconds, 1),
-    }
-    if num_classes > 5:
-        top5 = np.argsort(-logits, axis=1)[:, :5]
-        metrics["test_top5_accuracy"] = float((top5 == y[:, None]).any(axis=1).mean())
-    return metrics
+    logits = model.predict(**feed, verbose=0)
+    return metrics_from_logits(logits, y, class_names, time.perf_counter() - start)
 
 
 def evaluate(
@@ -212,7 +182,7 @@ def _evaluate(model, dataset, data_dir, batch_size, out, folder) -> dict:
     if out is not None:
         from alexnet_k3 import report
 
-        report.write_run(out, metrics, None, model, data)
+        report.write_run(out, metrics, None, model.predict_on_batch, data)
     return metrics
 
 
