@@ -27,7 +27,7 @@ def train(args) -> int:
     variant = settings.get("variant", defaults.variant) if arch in ARCHS_WITH_VARIANTS else arch
     out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
     verbose = "auto" if args.verbose is None else args.verbose
-    metrics = train(out, resume=args.resume, verbose=verbose, **settings)
+    metrics = train(out, resume=args.resume, verbose=verbose, mlflow=args.mlflow, **settings)
     if "rank" in metrics:  # a job's process other than 0: it has printed its checksum line
         return 0
     print(
@@ -39,6 +39,10 @@ def train(args) -> int:
 
 
 def evaluate(args) -> int:
+    if args.mlflow and not args.out:
+        raise ValueError(
+            "--mlflow logs the evaluation's folder, but no --out was given: add --out FOLDER."
+        )
     from alexnet_k3.evaluation import evaluate
 
     metrics = evaluate(
@@ -58,6 +62,10 @@ def evaluate(args) -> int:
         f"loss {metrics['test_loss']:.4f} over {metrics['test_images']} images"
         + (f" -> {args.out}/report.md" if args.out else "")
     )
+    if args.out:
+        from alexnet_k3 import tracking
+
+        tracking.log_if_enabled(args.out, args.mlflow)
     return 0
 
 

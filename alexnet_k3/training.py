@@ -26,7 +26,7 @@ from alexnet_k3.optimizers import TorchSGD
 FLIP_AUGMENTATION = {"cifar10": True, "digits": False, "folder": True}
 
 
-def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dict:
+def train(out="runs/latest", *, resume=False, verbose="auto", mlflow=None, **settings) -> dict:
     """Trains AlexNet (or VGG16), keeps the last (or best) epoch, tests it and writes a report.
 
     Args:
@@ -78,7 +78,12 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
     with runs.lock(out) if job is None or job[0] == 0 else contextlib.nullcontext():
         # In a job, process 0 alone prints progress.
         verbose = 0 if job is not None and job[0] > 0 else fit_verbosity(verbose)
-        return _train(out, resume, verbose, settings)
+        metrics = _train(out, resume, verbose, settings)
+    if "rank" not in metrics:  # process 0: logged from the finished folder, after the fact
+        from alexnet_k3 import tracking
+
+        tracking.log_if_enabled(out, mlflow)
+    return metrics
 
 
 def fit_verbosity(verbose):
