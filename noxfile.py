@@ -114,69 +114,57 @@ def dist(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
-    """Offline main job: digits on every backend, cross-backend evaluation, compare table.
+    """The offline study (`alexnet-k3 study --plan demo`): the digits on every backend,
+    the plain PyTorch reference, each Keras model tested under another backend.
 
-    Fails when any run's test accuracy is below DEMO_MIN_ACCURACY.
+    Fails when a run failed, when a row is missing, when the Keras runs did not start
+    from the same weights, or when any test accuracy is below DEMO_MIN_ACCURACY.
     """
     env = _all_backends(session)
-    out = session.posargs[0] if session.posargs else "runs/demo"
-    runs, runs_elsewhere = [], []
-    for backend in BACKENDS:
-        run_dir = f"{out}/{backend}"
-        session.run(
-            _program("alexnet-k3"),
-            "train",
-            "--backend",
-            backend,
-            "--dataset",
-            "digits",
-            "--variant",
-            "cifar",
-            "--epochs",
-            "8",
-            "--batch-size",
-            "64",
-            "--seed",
-            "0",
-            "--out",
-            run_dir,
-            env=env,
-        )
-        runs.append(run_dir)
-    # Portability: each backend's saved model, evaluated under the next backend.
-    for index, backend in enumerate(BACKENDS):
-        other = BACKENDS[(index + 1) % len(BACKENDS)]
-        runs_elsewhere.append(f"{out}/{backend}-evaluated-on-{other}")
-        session.run(
-            _program("alexnet-k3"),
-            "evaluate",
-            f"{out}/{backend}/model.keras",
-            "--backend",
-            other,
-            "--dataset",
-            "digits",
-            "--out",
-            runs_elsewhere[-1],
-            env=env,
-        )
+    out = session.posargs[0] if session.posargs else "runs/study"
     if (
-        session.run(_program("alexnet-k3"), "compare", *runs, "--out", f"{out}/compare.md", env=env)
+        session.run(_program("alexnet-k3"), "study", "--plan", "demo", "--out", out, env=env)
         is None
     ):
         return  # --install-only: nothing ran, so there is nothing to check
-    _check_accuracy(session, runs + runs_elsewhere, DEMO_MIN_ACCURACY)
+    _check_demo(session, Path(out, "study.json"), DEMO_MIN_ACCURACY)
 
 
-def _check_accuracy(session: nox.Session, run_dirs: list[str], floor: float) -> None:
-    """Fails the session when a run's metrics.json has a test accuracy below `floor`."""
+def _check_demo(session: nox.Session, study_json: Path, floor: float) -> None:
+    """Fails the session unless the demo's study.json has every row it should, above `floor`."""
+    runs = json.loads(study_json.read_text())["runs"]
+    kinds = {(r["kind"], r["backend"]) for r in runs}
+    missing = [
+        f"{kind} on {backend}"
+        for kind, backend in [*(("keras", b) for b in BACKENDS), ("torch-reference", "torch")]
+        if (kind, backend) not in kinds
+    ]
+    evaluations = [r for r in runs if r["kind"] == "evaluate"]
+    if missing or len(evaluations) != len(BACKENDS):
+        session.error(f"the demo lacks rows: {missing or 'cross-backend evaluations'}")
+    starts = {r["initial_weights_sha256"] for r in runs if r["kind"] == "keras"}
+    if len(starts) != 1:
+        session.error(f"the Keras runs started from different weights: {sorted(starts)}")
     low = []
-    for run_dir in run_dirs:
-        accuracy = json.loads(Path(run_dir, "metrics.json").read_text())["test_accuracy"]
-        session.log(f"{run_dir}: test accuracy {accuracy:.4f} (floor {floor})")
-        if accuracy < floor:
-            low.append(f"{run_dir} {accuracy:.4f}")
+    for run in runs:
+        accuracy = run["test_accuracy"]
+        session.log(f"{run['name']}: test accuracy {accuracy} (floor {floor})")
+        if run["status"] != "ok" or accuracy < floor:
+            low.append(f"{run['name']} {run['status']} {accuracy}")
     if low:
-        session.error(f"test accuracy below {floor}: {', '.join(low)}")
+        session.error(f"runs failed or below {floor}: {', '.join(low)}")
+
+
+@nox.session(venv_backend="none")
+def study(session: nox.Session) -> None:
+    """Any study: `nox -s study -- --plan course --out runs/course` (every backend installed)."""
+    env = _all_backends(session)
+    session.run(
+        _program("alexnet-k3"),
+        "study",
+        *(session.posargs or ["--plan", "demo", "--dry-run"]),
+        env=env,
+    )
 
 
 @nox.session

@@ -22,6 +22,7 @@ _LAZY = {
     "evaluate": "alexnet_k3.evaluation",
     "load_model": "alexnet_k3.evaluation",
     "predict": "alexnet_k3.prediction",
+    "study": "alexnet_k3.studies",
     "datasets": "alexnet_k3.datasets",
 }
 

@@ -180,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ARCHS,
         help="refuse a model of another network (default: evaluate whichever it holds)",
     )
-    evaluate.add_argument("--dataset", choices=DATASETS, default="digits")
+    evaluate.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="default: the dataset (and --data-dir) of the model's run, from config.json "
+        "beside the model, else digits",
+    )
     evaluate.add_argument("--data-dir", help="CIFAR-10's folder or tarball, or the image folder")
     evaluate.add_argument(
         "--test-split",
@@ -243,6 +248,41 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="also write the table to this file")
 
     with_backend(commands.add_parser("info", help="backend, device and versions in use"))
+
+    study = commands.add_parser(
+        "study",
+        help="a plan of runs (every backend, the torch reference, transfer), one report",
+        description="Runs every run of a plan, each an ordinary run folder OUT/NAME trained "
+        "in its own process, then writes OUT/study.json, study.md and study.html. Started "
+        "again with the same command, a study continues where it stopped.",
+    )
+    study.add_argument(
+        "--plan",
+        required=True,
+        help="a preset (demo: the digits, offline; course: CIFAR-10, the course study) "
+        "or a TOML plan file",
+    )
+    study.add_argument("--out", required=True, help="the study's folder")
+    study.add_argument("--dry-run", action="store_true", help="print the plan as a table and exit")
+    study.add_argument(
+        "--restart",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="delete run NAME's folder and run it again (repeatable)",
+    )
+    study.add_argument(
+        "--weights-dir",
+        help="a folder with copies of torchvision's ImageNet checkpoints, looked in before "
+        "torch hub's cache ($TORCH_HOME/hub/checkpoints) and a download",
+    )
+    study.add_argument(
+        "--mlflow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log every run to MLflow (default: on when MLFLOW_TRACKING_URI is set)",
+    )
+    add_download_options(study)
 
     commands.add_parser(
         "bench",
@@ -313,7 +353,9 @@ def _select_backend(name: str) -> None:
 
 def _check_backend_installed(command: str) -> None:
     name = os.environ.get("KERAS_BACKEND")
-    if name and name not in BACKENDS and command != "compare":  # compare needs no Keras
+    if command in ("compare", "study"):  # no Keras in this process
+        return
+    if name and name not in BACKENDS:
         raise ValueError(
             f"KERAS_BACKEND={name} is not a backend alexnet_k3 runs on (Keras's numpy and "
             f"openvino backends cannot train); expected one of {', '.join(BACKENDS)}. "

@@ -129,6 +129,22 @@ def info(args) -> int:
     return 0
 
 
+def study(args) -> int:
+    from alexnet_k3.studies import load_plan, study
+
+    plan = load_plan(args.plan)
+    if args.dry_run:
+        print(plan.table(), end="")
+        return 0
+    record = study(
+        plan, args.out, weights_dir=args.weights_dir, restart=args.restart, mlflow=args.mlflow
+    )
+    statuses = [r["status"] for r in record["runs"]]
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("ok", "failed", "skipped"))
+    print(f"study: {len(statuses)} runs ({counts}) -> {args.out}/study.html")
+    return 1 if "failed" in statuses else 0
+
+
 BY_NAME = {
     "info": info,
     "train": train,
@@ -136,4 +152,5 @@ BY_NAME = {
     "predict": predict,
     "convert": convert,
     "compare": compare,
+    "study": study,
 }

@@ -36,6 +36,13 @@ ARCHS = ("alexnet", "vgg16")
 ARCH_TITLES = {"alexnet": "AlexNet", "vgg16": "VGG16"}
 # Architectures with variants (`--variant`); the others have one form only.
 ARCHS_WITH_VARIANTS = ("alexnet",)
+# torchvision's published ImageNet checkpoints (`weights="imagenet"`), by architecture:
+# their URL and the SHA-256 prefix in their file name (torch hub's convention). The
+# weights records hold them; `alexnet-k3 study` finds or fetches the files without Keras.
+IMAGENET_CHECKPOINTS = {
+    "alexnet": ("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79"),
+    "vgg16": ("https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
+}
 # The AlexNet variants (`alexnet_k3.model.VARIANTS` holds their configurations).
 VARIANTS = ("torchvision", "paper", "cifar")
 # Weight initialization: torch's nn.Conv2d/nn.Linear defaults, or Keras's (Glorot).

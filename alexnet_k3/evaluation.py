@@ -7,6 +7,7 @@ backend reports them identically for identical logits.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from alexnet_k3 import backend, datasets, runs
-from alexnet_k3.core import ARCHS, option_name
+from alexnet_k3.core import ARCHS, DATASETS, option_name
 
 
 def load_model(path) -> keras.Model:
@@ -62,6 +63,11 @@ def load_model(path) -> keras.Model:
             "this zip is damaged or holds something else: copy it again, or train again."
         ) from error
     _check_runs_here(model, path)
+    # The saved compile config holds the jit setting the training backend resolved
+    # ("auto" is True on jax): on torch that would mean a torch.compile of the whole
+    # model, minutes on a CPU before the first prediction. None lets Keras resolve
+    # "auto" again for the backend running now.
+    model.jit_compile = None
     return model
 
 
@@ -132,7 +138,7 @@ def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
 
 def evaluate(
     model,
-    dataset="digits",
+    dataset=None,
     *,
     data_dir=None,
     batch_size=256,
@@ -146,7 +152,9 @@ def evaluate(
     Args:
         model: a `keras.Model` or the path of a `.keras` file from `alexnet-k3 train`
             (trained on any backend).
-        dataset: "digits", "cifar10" or "folder".
+        dataset: "digits", "cifar10" or "folder"; None: the dataset of the run the
+            model file comes from (its `config.json`, with its `data_dir`; said on
+            stderr), else "digits".
         data_dir: where CIFAR-10 lies (see `alexnet_k3.datasets.load_cifar10`), or the
             image folder (see `alexnet_k3.datasets.load_folder`; its images are cached
             at the model's input size; default: the training run's folder).
@@ -164,7 +172,7 @@ def evaluate(
         and `arch` (the network the model holds).
 
     Example:
-        >>> metrics = evaluate("runs/digits/model.keras", "digits")
+        >>> metrics = evaluate("runs/digits/model.keras")  # on the run's own dataset
         >>> sorted(metrics["per_class_accuracy"])[:3]
         ['0', '1', '2']
     """
@@ -184,6 +192,7 @@ def _evaluate(model, dataset, data_dir, batch_size, out, folder) -> dict:
     if path is not None:
         model = load_model(path)
     held = _arch_of(model, source, folder["arch"])
+    dataset, data_dir = _dataset_of(path, dataset, data_dir)
     data = _load_data(model, path, dataset, data_dir, folder)
     metrics = evaluate_arrays(model, data.x_test, data.y_test, data.class_names, batch_size)
     metrics.update(
@@ -250,9 +259,49 @@ def _load_data(model, path: str | None, dataset: str, data_dir, folder: dict):
         raise datasets.DatasetError(
             f"The model {path} was trained on the classes {names}, but the test data has "
             f"{list(data.class_names)}. Evaluate it on data with the same class folders "
-            "(or the dataset it was trained on)."
+            f"(or the dataset it was trained on).{_run_dataset_hint(path, dataset)}"
+        )
+    outputs = model.outputs[0].shape[-1]
+    if outputs != len(data.class_names):
+        raise datasets.DatasetError(
+            f"The model {path or model.name} outputs {outputs} classes, but the {dataset} "
+            f"test data has {len(data.class_names)}: evaluate a model trained on this "
+            f"dataset.{_run_dataset_hint(path, dataset)}"
         )
     return data
+
+
+def _dataset_of(path: str | None, dataset, data_dir):
+    """`(dataset, data_dir)` to test on: as given, else the model's run's (said on stderr),
+    else the digits."""
+    if dataset is not None:
+        return dataset, data_dir
+    saved = _json_beside(path, "config.json")
+    name, saved_dir = saved.get("dataset"), saved.get("data_dir")
+    if name not in DATASETS:  # no run beside the model (or not one of ours): the default
+        return "digits", data_dir
+    data_dir = data_dir or (saved_dir if isinstance(saved_dir, str) else None)
+    where = f", {option_name('data_dir', data_dir)}" if data_dir else ""
+    print(
+        f"evaluating on {option_name('dataset', name)}{where}: the dataset of the model's "
+        f"run ({Path(path).with_name('config.json')}); give {option_name('dataset')} to "
+        "choose another",
+        file=sys.stderr,
+    )
+    return name, data_dir
+
+
+def _run_dataset_hint(path: str | None, dataset: str) -> str:
+    """A sentence naming the options that test on the model's run's dataset, where it
+    is not `dataset` ("" where unknown)."""
+    saved = _json_beside(path, "config.json")
+    name, saved_dir = saved.get("dataset"), saved.get("data_dir")
+    if name not in DATASETS or name == dataset:
+        return ""
+    options = option_name("dataset", name)
+    if isinstance(saved_dir, str):
+        options += f" {option_name('data_dir', saved_dir)}"
+    return f" Its run trained on {name}: give {options}."
 
 
 def _json_beside(model_path: str | None, name: str) -> dict:

@@ -77,7 +77,7 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
         "model",
     ):
         if metrics.get(key) is not None:
-            lines.append(f"| {key} | {metrics[key]} |")
+            lines.append(f"| {key} | {_cell(metrics[key])} |")
     lines += ["", "## Overall", "", "| metric | value |", "| --- | --- |"]
     for key in (
         "test_accuracy",
@@ -97,7 +97,8 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
     confusion = np.asarray(metrics["confusion_matrix"])
     for i, name in enumerate(metrics["class_names"]):
         accuracy = metrics["per_class_accuracy"][name]
-        lines.append(f"| {name} | {confusion[i].sum()} | {confusion[i, i]} | {_fmt(accuracy)} |")
+        row = f"{confusion[i].sum()} | {confusion[i, i]} | {_fmt(accuracy)}"
+        lines.append(f"| {_cell(name)} | {row} |")  # a folder's name may hold | or a newline
     if history:
         lines += ["", "## Training history", ""]
         keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in history[0]]

@@ -155,6 +155,10 @@ def _prepare_run(out: Path, resume: bool, settings: dict):
     # tensorflow job's strategy must exist before TensorFlow's runtime starts.
     parallel = _data_parallel(config)
     backend.check_image_data_format(_data_format(config))
+    if config.weights is not None:  # a bad checkpoint is refused before any data is read
+        from alexnet_k3.weights.loader import check_checkpoint
+
+        check_checkpoint(config.weights, config.arch)
     if parallel.writes:
         runs.start(out, config)
     return config, parallel

@@ -82,6 +82,8 @@ LAYERS = [
     ("alexnet_k3.preprocessing", "alexnet_k3.weights", "alexnet_k3.builders"),
     ("alexnet_k3.model", "alexnet_k3.vgg"),
     ("alexnet_k3.convert", "alexnet_k3.callbacks", "alexnet_k3.report", "alexnet_k3.runs"),
+    ("alexnet_k3.studies.report",),
+    ("alexnet_k3.studies",),
     ("alexnet_k3.evaluation", "alexnet_k3.prediction"),
     ("alexnet_k3.training",),
     ("alexnet_k3.commands",),

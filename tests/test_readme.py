@@ -306,6 +306,15 @@ def test_readme_cli_commands(tmp_path, run_cli, monkeypatch):
             run_cli(*argv[1:], *tiny, "--out", out, cwd=ROOT, env=env, timeout=900, expect_ok=True)
             rows = json.loads(out.read_text())["records"]
             assert [(r["processes"], r["devices"]) for r in rows] == [(1, 1), (2, 2)]
+        elif command == "study" and "--dry-run" in argv:
+            table = run(argv).stdout
+            assert table.startswith("name ") and "torch-reference" in table
+        elif command == "study":
+            # The whole demo is CI's `nox -s demo`, which runs this very command.
+            assert argv[1:] == ["study", "--plan", "demo", "--out", "runs/study"], argv
+            source = _session_source("demo")
+            assert '"study", "--plan", "demo", "--out", out' in source
+            assert '"runs/study"' in source and "demo" in nox_sessions_run(CI_SCRIPT)
         elif command == "compare":
             table = run(argv).stdout
             assert table == (tmp_path / _option(argv, "--out")).read_text()

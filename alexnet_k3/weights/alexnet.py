@@ -11,13 +11,14 @@ from __future__ import annotations
 import types
 
 from alexnet_k3 import preprocessing
+from alexnet_k3.core import IMAGENET_CHECKPOINTS
 from alexnet_k3.weights.layouts import ArchitectureTable, Entry
 from alexnet_k3.weights.records import PretrainedWeights
 
 IMAGENET1K_V1 = PretrainedWeights(
     name="IMAGENET1K_V1",
-    url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-    sha256_prefix="7be5be79",
+    url=IMAGENET_CHECKPOINTS["alexnet"][0],
+    sha256_prefix=IMAGENET_CHECKPOINTS["alexnet"][1],
     num_params=61100840,
     num_classes=1000,
     min_size=(63, 63),

@@ -12,13 +12,14 @@ from __future__ import annotations
 import types
 
 from alexnet_k3 import preprocessing
+from alexnet_k3.core import IMAGENET_CHECKPOINTS
 from alexnet_k3.weights.layouts import ArchitectureTable, Entry
 from alexnet_k3.weights.records import PretrainedWeights
 
 IMAGENET1K_V1 = PretrainedWeights(
     name="IMAGENET1K_V1",
-    url="https://download.pytorch.org/models/vgg16-397923af.pth",
-    sha256_prefix="397923af",
+    url=IMAGENET_CHECKPOINTS["vgg16"][0],
+    sha256_prefix=IMAGENET_CHECKPOINTS["vgg16"][1],
     num_params=138357544,
     num_classes=1000,
     min_size=(32, 32),
