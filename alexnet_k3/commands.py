@@ -27,6 +27,7 @@ def train(args) -> int:
         implementation = settings.get("implementation", defaults.implementation)
     else:  # a resumed run's own, unless given
         implementation = implementation_of(settings, args.out, args.resume)
+    options = {"resume": args.resume, "verbose": verbose, **settings}
     if implementation == "torch-reference":
         # The plain PyTorch loop: Keras is never imported.
         if args.backend not in (None, "torch"):
@@ -35,17 +36,18 @@ def train(args) -> int:
                 "which trains in plain PyTorch on no Keras backend: leave out --backend "
                 "(or give --backend torch)."
             )
-        from alexnet_k3.reference import train
-    else:
-        from alexnet_k3.training import train
-    if args.out is None:
-        from alexnet_k3 import backend
+        from alexnet_k3 import reference, tracking
 
-        trainer = implementation if implementation == "torch-reference" else backend.name()
-        args.out = f"runs/{dataset}-{variant}-{trainer}"
-    metrics = train(args.out, resume=args.resume, verbose=verbose, **settings)
-    if "rank" in metrics:  # a job's process other than 0: it has printed its checksum line
-        return 0
+        args.out = args.out or f"runs/{dataset}-{variant}-torch-reference"
+        metrics = reference.train(args.out, **options)
+        tracking.log_if_enabled(args.out, args.mlflow)
+    else:
+        from alexnet_k3 import backend, training
+
+        args.out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
+        metrics = training.train(args.out, mlflow=args.mlflow, **options)
+        if "rank" in metrics:  # a job's process other than 0: it has printed its checksum line
+            return 0
     trainer = metrics.get("implementation", "keras")
     trainer = metrics["backend"] if trainer == "keras" else trainer
     print(
@@ -57,6 +59,10 @@ def train(args) -> int:
 
 
 def evaluate(args) -> int:
+    if args.mlflow and not args.out:
+        raise ValueError(
+            "--mlflow logs the evaluation's folder, but no --out was given: add --out FOLDER."
+        )
     from alexnet_k3.evaluation import evaluate
 
     metrics = evaluate(
@@ -76,6 +82,10 @@ def evaluate(args) -> int:
         f"loss {metrics['test_loss']:.4f} over {metrics['test_images']} images"
         + (f" -> {args.out}/report.md" if args.out else "")
     )
+    if args.out:
+        from alexnet_k3 import tracking
+
+        tracking.log_if_enabled(args.out, args.mlflow)
     return 0
 
 

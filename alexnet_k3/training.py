@@ -23,7 +23,7 @@ from alexnet_k3.model import build_classifier, default_input_size, weights_check
 from alexnet_k3.optimizers import TorchSGD
 
 
-def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dict:
+def train(out="runs/latest", *, resume=False, verbose="auto", mlflow=None, **settings) -> dict:
     """Trains AlexNet (or VGG16), keeps the last (or best) epoch, tests it and writes a report.
 
     Args:
@@ -75,7 +75,17 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
     if implementation_of(settings, out, resume) == "torch-reference":
         from alexnet_k3 import reference
 
-        return reference.train(out, resume=resume, verbose=verbose, **settings)
+        metrics = reference.train(out, resume=resume, verbose=verbose, **settings)
+    else:
+        metrics = _train_keras(out, resume, verbose, settings)
+    if "rank" not in metrics:  # process 0: logged from the finished folder, after the fact
+        from alexnet_k3 import tracking
+
+        tracking.log_if_enabled(out, mlflow)
+    return metrics
+
+
+def _train_keras(out: Path, resume: bool, verbose, settings: dict) -> dict:
     job = backend.job_in_environment()
     # One writer per folder; a failed start leaves no folder, no lock, no temp files.
     # A job's processes other than 0 only read it (process 0 holds the lock).
