@@ -83,6 +83,7 @@ LAYERS = [
     ("alexnet_k3.model", "alexnet_k3.vgg", "alexnet_k3.torch_loop"),
     ("alexnet_k3.progress", "alexnet_k3.metrics"),
     ("alexnet_k3.convert", "alexnet_k3.callbacks", "alexnet_k3.report", "alexnet_k3.runs"),
+    ("alexnet_k3.tracking",),
     ("alexnet_k3.studies.report",),
     ("alexnet_k3.studies",),
     ("alexnet_k3.evaluation", "alexnet_k3.prediction", "alexnet_k3.reference"),
