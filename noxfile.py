@@ -68,7 +68,12 @@ def tests(session: nox.Session, backend: str) -> None:
     session.run(
         _program("pytest"),
         *(session.posargs or ["-q", "--durations=25"]),
-        env={**env, "KERAS_BACKEND": backend},
+        # Screenshots and the like that tests keep for people to look at.
+        env={
+            **env,
+            "KERAS_BACKEND": backend,
+            "ALEXNET_K3_TEST_ARTIFACTS": f"test-artifacts/{backend}",
+        },
     )
 
 

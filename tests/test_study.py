@@ -303,7 +303,7 @@ image_size = 64
     assert [r["kind"] for r in scratch].count("torch-reference") == 1
 
     # The weights where the download puts them: torchvision checkpoints, random weights.
-    hub.mkdir(parents=True)
+    hub.mkdir(parents=True, exist_ok=True)
     torch.save(torchvision.models.alexnet().state_dict(), hub / "alexnet-owt-7be5be79.pth")
     torch.save(torchvision.models.vgg16().state_dict(), hub / "vgg16-397923af.pth")
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
