@@ -18,6 +18,7 @@ import keras
 
 from alexnet_k3 import backend, runs
 from alexnet_k3.core import atomic_write_text, read_json
+from alexnet_k3.progress import load_history, write_history
 
 
 def finite_loss(logs) -> bool:
@@ -192,18 +193,7 @@ class HistoryWriter(keras.callbacks.Callback):
         self.epochs = [e for e in self.epochs if e["epoch"] != epoch + 1] + [record]
         self.epochs.sort(key=lambda e: e["epoch"])
         if self.write:
-            atomic_write_text(self.path, json.dumps(self.epochs, indent=1))
-
-
-def load_history(path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    advice = (
-        "It holds the run's record of epochs, so the run cannot be resumed as it is: "
-        "restore the file, or start a new run in another folder."
-    )
-    return read_json(path, advice, list)
+            write_history(self.path, self.epochs)
 
 
 def fit_callbacks(out: Path, phase: str, *, validation: bool, best=None, write=True) -> list:

@@ -116,6 +116,19 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(*flags, **options)
 
 
+def add_tracking_option(parser: argparse.ArgumentParser) -> None:
+    """--mlflow/--no-mlflow: log the finished run folder to MLflow (alexnet_k3.tracking)."""
+    parser.add_argument(
+        "--mlflow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log the finished run to MLflow (needs `pip install 'alexnet-k3[mlflow]'`): to "
+        "MLFLOW_TRACKING_URI, else a local store beside the run folder (OUT/../mlruns.db), "
+        "experiment MLFLOW_EXPERIMENT_NAME, else alexnet-k3; a failure only warns "
+        "(default: on when MLFLOW_TRACKING_URI is set)",
+    )
+
+
 def add_arch_option(parser: argparse.ArgumentParser, what: str) -> None:
     """--arch for the commands that build a network from weights (predict, convert)."""
     parser.add_argument(
@@ -155,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="0 silent, 1 progress bar, 2 one line per epoch",
     )
+    add_tracking_option(train)
     add_download_options(train)
 
     evaluate = with_backend(
@@ -166,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ARCHS,
         help="refuse a model of another network (default: evaluate whichever it holds)",
     )
-    evaluate.add_argument("--dataset", choices=DATASETS, default="digits")
+    evaluate.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="default: the dataset (and --data-dir) of the model's run, from config.json "
+        "beside the model, else digits",
+    )
     evaluate.add_argument("--data-dir", help="CIFAR-10's folder or tarball, or the image folder")
     evaluate.add_argument(
         "--test-split",
@@ -181,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--out", help="folder for metrics.json, report.md and plots")
+    add_tracking_option(evaluate)
     add_download_options(evaluate)
 
     predict = with_backend(

@@ -10,14 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from alexnet_k3.config import TrainConfig
+from alexnet_k3.config import TrainConfig, implementation_of
 from alexnet_k3.core import ARCH_TITLES, ARCHS_WITH_VARIANTS
 
 
 def train(args) -> int:
-    from alexnet_k3 import backend
-    from alexnet_k3.training import train
-
     # Exactly the options given: train() fills in TrainConfig's defaults, and a
     # resumed run refuses any that contradicts its saved settings.
     settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
@@ -25,20 +22,47 @@ def train(args) -> int:
     dataset = settings.get("dataset", defaults.dataset)
     arch = settings.get("arch", defaults.arch)
     variant = settings.get("variant", defaults.variant) if arch in ARCHS_WITH_VARIANTS else arch
-    out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
     verbose = "auto" if args.verbose is None else args.verbose
-    metrics = train(out, resume=args.resume, verbose=verbose, **settings)
-    if "rank" in metrics:  # a job's process other than 0: it has printed its checksum line
-        return 0
+    if args.out is None:  # the default folder depends on the implementation given
+        implementation = settings.get("implementation", defaults.implementation)
+    else:  # a resumed run's own, unless given
+        implementation = implementation_of(settings, args.out, args.resume)
+    options = {"resume": args.resume, "verbose": verbose, **settings}
+    if implementation == "torch-reference":
+        # The plain PyTorch loop: Keras is never imported.
+        if args.backend not in (None, "torch"):
+            raise ValueError(
+                f"--backend {args.backend} was given with --implementation torch-reference, "
+                "which trains in plain PyTorch on no Keras backend: leave out --backend "
+                "(or give --backend torch)."
+            )
+        from alexnet_k3 import reference, tracking
+
+        args.out = args.out or f"runs/{dataset}-{variant}-torch-reference"
+        metrics = reference.train(args.out, **options)
+        tracking.log_if_enabled(args.out, args.mlflow)
+    else:
+        from alexnet_k3 import backend, training
+
+        args.out = args.out or f"runs/{dataset}-{variant}-{backend.name()}"
+        metrics = training.train(args.out, mlflow=args.mlflow, **options)
+        if "rank" in metrics:  # a job's process other than 0: it has printed its checksum line
+            return 0
+    trainer = metrics.get("implementation", "keras")
+    trainer = metrics["backend"] if trainer == "keras" else trainer
     print(
-        f"{metrics['backend']}: test accuracy {metrics['test_accuracy']:.4f}, "
+        f"{trainer}: test accuracy {metrics['test_accuracy']:.4f}, "
         f"loss {metrics['test_loss']:.4f}, {metrics.get('images_per_second')} images/s "
-        f"-> {out}/report.md"
+        f"-> {args.out}/report.md"
     )
     return 0
 
 
 def evaluate(args) -> int:
+    if args.mlflow and not args.out:
+        raise ValueError(
+            "--mlflow logs the evaluation's folder, but no --out was given: add --out FOLDER."
+        )
     from alexnet_k3.evaluation import evaluate
 
     metrics = evaluate(
@@ -58,6 +82,10 @@ def evaluate(args) -> int:
         f"loss {metrics['test_loss']:.4f} over {metrics['test_images']} images"
         + (f" -> {args.out}/report.md" if args.out else "")
     )
+    if args.out:
+        from alexnet_k3 import tracking
+
+        tracking.log_if_enabled(args.out, args.mlflow)
     return 0
 
 

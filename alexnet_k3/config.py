@@ -10,8 +10,10 @@ the command line can read it before choosing a backend.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from alexnet_k3.core import (
@@ -19,6 +21,7 @@ from alexnet_k3.core import (
     ARCHS_WITH_VARIANTS,
     DATA_FORMATS,
     DATASETS,
+    IMPLEMENTATIONS,
     INITS,
     JIT_SETTINGS,
     OPTIMIZERS,
@@ -89,6 +92,15 @@ def option(default, help: str, *, kind: str = "str", choices=None, flags=None):
 class TrainConfig:
     """Every setting of a run; saved as `config.json` so `resume` can rebuild it exactly."""
 
+    implementation: str = option(
+        "keras",
+        "what trains the run: the package's Keras model on the active backend, or "
+        "torch-reference, the course notebooks' plain PyTorch loop (torch's own nn.Module "
+        "AlexNet of --variant cifar or torchvision, torch.optim.SGD with weight decay on "
+        "every parameter, constant learning rate, from scratch, float32, one device; it "
+        "ignores --data-format, --jit and the Keras backend)",
+        choices=IMPLEMENTATIONS,
+    )
     dataset: str = option("digits", "dataset to train and test on", choices=DATASETS)
     data_dir: str | None = option(
         None,
@@ -200,6 +212,30 @@ class TrainConfig:
         kind="bool",
     )
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> TrainConfig:
+        """The config of a new run from exactly the settings given, validated.
+
+        Raises:
+            TypeError: a setting that is no field of `TrainConfig`.
+            ValueError: a value `validate` refuses, or a `variant` given for an
+                architecture without variants (even its default).
+        """
+        unknown = set(settings) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(
+                f"train() got unknown settings {sorted(unknown)}; "
+                f"expected some of {sorted(cls.__dataclass_fields__)}."
+            )
+        config = cls(**settings)
+        if "variant" in settings and config.model_variant is None:  # even the default, if given
+            raise ValueError(
+                f"`variant` must be left unset with arch={config.arch!r} (variants are "
+                f"AlexNet's), received variant={config.variant!r}."
+            )
+        config.validate()
+        return config
+
     def validate(self) -> None:
         """Raises ValueError naming the first setting outside what its field admits."""
         for f in fields(self):
@@ -215,6 +251,8 @@ class TrainConfig:
                     expected += " or None"
             if not ok:
                 raise ValueError(f"`{f.name}` must be {expected}, received {f.name}={value!r}.")
+        if self.implementation == "torch-reference":
+            self._check_reference()
         if self.arch not in ARCHS_WITH_VARIANTS and self.variant != _default("variant"):
             self._bad("variant", f"left unset with arch={self.arch!r} (variants are AlexNet's)")
         if self.freeze_epochs > self.epochs:
@@ -233,6 +271,16 @@ class TrainConfig:
             # Refused here, not by an allocator after minutes: 10000 asked for 819 GB.
             self._bad("image_size", f"at most {MAX_IMAGE_SIZE} (AlexNet is trained at 224)")
 
+    def _check_reference(self) -> None:
+        """Refuses every setting the plain PyTorch loop (`alexnet_k3.reference`) does not honour."""
+        for name, honoured, expected in _REFERENCE_LIMITS:
+            if not honoured(getattr(self, name)):
+                self._bad(
+                    name,
+                    f"{expected} with implementation='torch-reference' (the plain PyTorch loop "
+                    "knows no other; leave it out, or train with implementation='keras')",
+                )
+
     def _bad(self, name: str, expected: str):
         raise ValueError(f"`{name}` must be {expected}, received {name}={getattr(self, name)!r}.")
 
@@ -249,6 +297,43 @@ class TrainConfig:
     @property
     def mode(self) -> str:
         return "transfer" if self.weights else "scratch"
+
+
+# (setting, test of its value, what the plain PyTorch loop takes): `_check_reference`.
+# data_format, jit_compile and keep_freed_memory need no entry: the loop ignores the
+# first two (torch runs NCHW, eagerly) and applies the third as Keras runs do.
+_REFERENCE_LIMITS = (
+    ("arch", lambda v: v == "alexnet", "'alexnet'"),
+    ("variant", lambda v: v in ("cifar", "torchvision"), "'cifar' or 'torchvision'"),
+    ("weights", lambda v: v is None, "None (the loop trains from scratch)"),
+    ("optimizer", lambda v: v == "sgd", "'sgd'"),
+    ("schedule", lambda v: v == "constant", "'constant'"),
+    ("warmup_epochs", lambda v: v == 0, "0"),
+    ("label_smoothing", lambda v: v == 0, "0"),
+    ("validation_split", lambda v: v == 0, "0 (the loop keeps the last epoch)"),
+    ("precision", lambda v: v == "float32", "'float32'"),
+    ("data_parallel", lambda v: v is False, "False (the loop trains on one device)"),
+    ("init", lambda v: v == "torch", "'torch' (torch's own initialization)"),
+)
+
+
+def implementation_of(settings: dict, out=None, resume: bool = False) -> str:
+    """What trains a run: the `implementation` in `settings`, else a resumed run's own
+    (its `out/config.json`; runs from before the setting existed are Keras runs).
+
+    Only a hint for choosing the trainer: the trainer reads and checks the saved
+    config itself (`runs.saved_config`), so a damaged one is reported there.
+    """
+    if "implementation" in settings:
+        return settings["implementation"]
+    if resume and out is not None:
+        try:
+            saved = json.loads((Path(out) / "config.json").read_text())
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict):
+            return saved.get("implementation", "keras")
+    return _default("implementation")
 
 
 def _default(name: str):

@@ -47,6 +47,12 @@ IMAGENET_CHECKPOINTS = {
 VARIANTS = ("torchvision", "paper", "cifar")
 # Weight initialization: torch's nn.Conv2d/nn.Linear defaults, or Keras's (Glorot).
 INITS = ("torch", "keras")
+# What trains a run: the package's Keras model on the active backend, or the plain
+# PyTorch loop of the course notebooks (`alexnet_k3.reference`), the yardstick.
+IMPLEMENTATIONS = ("keras", "torch-reference")
+# Whether a dataset's augmentation flips images: mirrored digits are other symbols;
+# mirrored photos are still the same class.
+FLIP_AUGMENTATION = {"cifar10": True, "digits": False, "folder": True}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 # SGD's default for the variants without batch normalization (torchvision's and the

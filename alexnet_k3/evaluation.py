@@ -7,16 +7,16 @@ backend reports them identically for identical logits.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import zipfile
 from pathlib import Path
 
 import keras
-import numpy as np
-from sklearn.metrics import confusion_matrix
 
 from alexnet_k3 import backend, datasets, runs
-from alexnet_k3.core import ARCHS, option_name
+from alexnet_k3.core import ARCHS, DATASETS, option_name
+from alexnet_k3.metrics import metrics_from_logits
 
 
 def load_model(path) -> keras.Model:
@@ -93,51 +93,22 @@ def evaluate_arrays(model, x, y, class_names, batch_size=256) -> dict:
     """Evaluates `model` on images `x` (uint8 as the model takes them) and integer labels `y`.
 
     Returns:
-        A dict with `test_accuracy`, `test_loss` (cross-entropy, no label
-        smoothing), `test_top5_accuracy` (more than 5 classes only),
-        `per_class_accuracy` (class name -> accuracy over all its test images),
-        `confusion_matrix` (rows = true class, columns = predicted), `test_images`
-        and `eval_images_per_second`.
+        `metrics.metrics_from_logits` of the model's logits: a dict with
+        `test_accuracy`, `test_loss` (cross-entropy, no label smoothing),
+        `test_top5_accuracy` (more than 5 classes only), `per_class_accuracy`
+        (class name -> accuracy over all its test images), `confusion_matrix`
+        (rows = true class, columns = predicted), `test_images` and
+        `eval_images_per_second`.
     """
     start = time.perf_counter()
     feed = backend.array_feed(x, batch_size=batch_size)
-    logits = np.asarray(model.predict(**feed, verbose=0), dtype="float64")
-    seconds = time.perf_counter() - start
-    num_classes = len(class_names)
-    if logits.shape != (len(x), num_classes):
-        raise ValueError(
-            f"The model outputs shape {logits.shape[1:]} per image, but the dataset has "
-            f"{num_classes} classes: evaluate a model trained on this dataset."
-        )
-    y = np.asarray(y, dtype="int64")
-    log_probs = logits - logits.max(axis=1, keepdims=True)
-    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
-    predicted = logits.argmax(axis=1)
-    confusion = confusion_matrix(y, predicted, labels=np.arange(num_classes))
-    support = confusion.sum(axis=1)
-    per_class = np.divide(
-        np.diag(confusion), support, out=np.full(num_classes, np.nan), where=support > 0
-    )
-    metrics = {
-        "test_accuracy": float((predicted == y).mean()),
-        "test_loss": float(-log_probs[np.arange(len(y)), y].mean()),
-        "per_class_accuracy": {
-            name: (None if np.isnan(a) else float(a)) for name, a in zip(class_names, per_class)
-        },
-        "confusion_matrix": confusion.tolist(),
-        "class_names": list(class_names),
-        "test_images": int(len(y)),
-        "eval_images_per_second": round(len(y) / seconds, 1),
-    }
-    if num_classes > 5:
-        top5 = np.argsort(-logits, axis=1)[:, :5]
-        metrics["test_top5_accuracy"] = float((top5 == y[:, None]).any(axis=1).mean())
-    return metrics
+    logits = model.predict(**feed, verbose=0)
+    return metrics_from_logits(logits, y, class_names, time.perf_counter() - start)
 
 
 def evaluate(
     model,
-    dataset="digits",
+    dataset=None,
     *,
     data_dir=None,
     batch_size=256,
@@ -151,7 +122,9 @@ def evaluate(
     Args:
         model: a `keras.Model` or the path of a `.keras` file from `alexnet-k3 train`
             (trained on any backend).
-        dataset: "digits", "cifar10" or "folder".
+        dataset: "digits", "cifar10" or "folder"; None: the dataset of the run the
+            model file comes from (its `config.json`, with its `data_dir`; said on
+            stderr), else "digits".
         data_dir: where CIFAR-10 lies (see `alexnet_k3.datasets.load_cifar10`), or the
             image folder (see `alexnet_k3.datasets.load_folder`; its images are cached
             at the model's input size; default: the training run's folder).
@@ -169,7 +142,7 @@ def evaluate(
         and `arch` (the network the model holds).
 
     Example:
-        >>> metrics = evaluate("runs/digits/model.keras", "digits")
+        >>> metrics = evaluate("runs/digits/model.keras")  # on the run's own dataset
         >>> sorted(metrics["per_class_accuracy"])[:3]
         ['0', '1', '2']
     """
@@ -189,6 +162,7 @@ def _evaluate(model, dataset, data_dir, batch_size, out, folder) -> dict:
     if path is not None:
         model = load_model(path)
     held = _arch_of(model, source, folder["arch"])
+    dataset, data_dir = _dataset_of(path, dataset, data_dir)
     data = _load_data(model, path, dataset, data_dir, folder)
     metrics = evaluate_arrays(model, data.x_test, data.y_test, data.class_names, batch_size)
     metrics.update(
@@ -208,7 +182,7 @@ def _evaluate(model, dataset, data_dir, batch_size, out, folder) -> dict:
     if out is not None:
         from alexnet_k3 import report
 
-        report.write_run(out, metrics, None, model, data)
+        report.write_run(out, metrics, None, model.predict_on_batch, data)
     return metrics
 
 
@@ -255,9 +229,49 @@ def _load_data(model, path: str | None, dataset: str, data_dir, folder: dict):
         raise datasets.DatasetError(
             f"The model {path} was trained on the classes {names}, but the test data has "
             f"{list(data.class_names)}. Evaluate it on data with the same class folders "
-            "(or the dataset it was trained on)."
+            f"(or the dataset it was trained on).{_run_dataset_hint(path, dataset)}"
+        )
+    outputs = model.outputs[0].shape[-1]
+    if outputs != len(data.class_names):
+        raise datasets.DatasetError(
+            f"The model {path or model.name} outputs {outputs} classes, but the {dataset} "
+            f"test data has {len(data.class_names)}: evaluate a model trained on this "
+            f"dataset.{_run_dataset_hint(path, dataset)}"
         )
     return data
+
+
+def _dataset_of(path: str | None, dataset, data_dir):
+    """`(dataset, data_dir)` to test on: as given, else the model's run's (said on stderr),
+    else the digits."""
+    if dataset is not None:
+        return dataset, data_dir
+    saved = _json_beside(path, "config.json")
+    name, saved_dir = saved.get("dataset"), saved.get("data_dir")
+    if name not in DATASETS:  # no run beside the model (or not one of ours): the default
+        return "digits", data_dir
+    data_dir = data_dir or (saved_dir if isinstance(saved_dir, str) else None)
+    where = f", {option_name('data_dir', data_dir)}" if data_dir else ""
+    print(
+        f"evaluating on {option_name('dataset', name)}{where}: the dataset of the model's "
+        f"run ({Path(path).with_name('config.json')}); give {option_name('dataset')} to "
+        "choose another",
+        file=sys.stderr,
+    )
+    return name, data_dir
+
+
+def _run_dataset_hint(path: str | None, dataset: str) -> str:
+    """A sentence naming the options that test on the model's run's dataset, where it
+    is not `dataset` ("" where unknown)."""
+    saved = _json_beside(path, "config.json")
+    name, saved_dir = saved.get("dataset"), saved.get("data_dir")
+    if name not in DATASETS or name == dataset:
+        return ""
+    options = option_name("dataset", name)
+    if isinstance(saved_dir, str):
+        options += f" {option_name('data_dir', saved_dir)}"
+    return f" Its run trained on {name}: give {options}."
 
 
 def _json_beside(model_path: str | None, name: str) -> dict:

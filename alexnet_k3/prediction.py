@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -295,17 +296,37 @@ def write(rows: list[dict], out) -> Path:
                 line += [entry["class"], entry["index"], repr(entry["probability"])]
             writer.writerow(line)
         text = buffer.getvalue()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, text)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
+    except OSError as error:  # which may name the temporary file: name the user's
+        raise type(error)(
+            f"{option_name('out', str(out))}: could not write it "
+            f"({error.strerror or type(error).__name__}). {_WRITABLE}"
+        ) from error
     return out
+
+
+_WRITABLE = "Give a file in a folder you can write to, e.g. predictions.csv."
 
 
 def check_output(out) -> None:
     """Refuses an output file `write` cannot write, before any work is done."""
-    if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(
             f"{option_name('out', str(out))}: expected a file ending in .csv or .json, "
             "e.g. predictions.csv."
+        )
+    if out.is_dir():
+        raise IsADirectoryError(f"{option_name('out', str(out))} is a folder. {_WRITABLE}")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:  # the folder mkdir would start in
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{option_name('out', str(out))}: cannot write in {folder} "
+            f"({'not a folder' if not folder.is_dir() else 'not writable'}). {_WRITABLE}"
         )
 
 

@@ -16,6 +16,7 @@ from alexnet_k3.core import ARCH_TITLES, atomic_write_text, read_json
 # (title, metrics key, decimals for floats)
 COMPARE_COLUMNS = [
     ("backend", "backend", None),
+    ("implementation", "implementation", None),
     ("trained on", "trained_on_backend", None),
     ("arch", "arch", None),
     ("variant", "variant", None),
@@ -35,14 +36,27 @@ SPEED_KEYS = {
 }
 
 
-def write_run(out: Path, metrics: dict, history: list[dict] | None, model, data) -> None:
-    """Writes metrics.json, history.csv, report.md and the plots of one train or evaluate run."""
+def write_run(out: Path, metrics: dict, history: list[dict] | None, predict, data) -> None:
+    """Writes metrics.json, history.csv, report.md and the plots of one train or evaluate run.
+
+    Args:
+        out: the run's folder.
+        metrics: the run's metrics (`metrics.metrics_from_logits` and the run's settings).
+        history: the epochs' records (`history.json`), or None for an evaluation.
+        predict: class scores `(N, classes)` of uint8 `(N, H, W, 3)` test images, for
+            the samples figure: a Keras model's `predict_on_batch`, or any callable
+            (the plain PyTorch loop's model).
+        data: the `Dataset` tested on.
+
+    Example:
+        >>> write_run(out, metrics, history, model.predict_on_batch, data)  # doctest: +SKIP
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     if history:
         atomic_write_text(out / "history.csv", _history_csv(history))
-    plots = _plot_all(out, metrics, history, model, data)
+    plots = _plot_all(out, metrics, history, predict, data)
     atomic_write_text(out / "report.md", _report_markdown(metrics, history, plots))
 
 
@@ -82,10 +96,11 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
         "batch_size",
         "optimizer",
         "precision",
+        "implementation",
         "model",
     ):
         if metrics.get(key) is not None:
-            lines.append(f"| {key} | {metrics[key]} |")
+            lines.append(f"| {key} | {_cell(metrics[key])} |")
     lines += ["", "## Overall", "", "| metric | value |", "| --- | --- |"]
     for key in (
         "test_accuracy",
@@ -110,7 +125,8 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
     confusion = np.asarray(metrics["confusion_matrix"])
     for i, name in enumerate(metrics["class_names"]):
         accuracy = metrics["per_class_accuracy"][name]
-        lines.append(f"| {name} | {confusion[i].sum()} | {confusion[i, i]} | {_fmt(accuracy)} |")
+        row = f"{confusion[i].sum()} | {confusion[i, i]} | {_fmt(accuracy)}"
+        lines.append(f"| {_cell(name)} | {row} |")  # a folder's name may hold | or a newline
     if history:
         lines += ["", "## Training history", ""]
         keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in history[0]]
@@ -140,7 +156,7 @@ def _conditions_rows(metrics: dict) -> list[str]:
     return rows
 
 
-def _plot_all(out: Path, metrics: dict, history, model, data) -> list[str]:
+def _plot_all(out: Path, metrics: dict, history, predict, data) -> list[str]:
     """Draws every figure of a run into `out`; returns the file names written."""
     import matplotlib
 
@@ -150,7 +166,7 @@ def _plot_all(out: Path, metrics: dict, history, model, data) -> list[str]:
         figures["curves.png"] = _curves_figure(history)
     figures["confusion_matrix.png"] = _confusion_figure(metrics)
     figures["per_class_accuracy.png"] = _per_class_figure(metrics)
-    figures["samples.png"] = _samples_figure(metrics["class_names"], model, data)
+    figures["samples.png"] = _samples_figure(metrics["class_names"], predict, data)
     import matplotlib.pyplot as plt
 
     for name, fig in figures.items():
@@ -215,15 +231,16 @@ def _per_class_figure(metrics: dict):
     return fig
 
 
-def _samples_figure(names, model, data, count: int = 25, columns: int = 5):
+def _samples_figure(names, predict, data, count: int = 25, columns: int = 5):
     """`count` test images, spread evenly over the test set (an image folder's is in
-    class order), with predicted / true class, green when right."""
+    class order), with predicted / true class, green when right; `predict` gives the
+    images' class scores."""
     import matplotlib.pyplot as plt
 
     count = min(count, len(data.x_test))
     chosen = np.linspace(0, len(data.x_test) - 1, count).round().astype(int)
     images = np.asarray(data.x_test[chosen])
-    predicted = np.asarray(model.predict_on_batch(images)).argmax(axis=1)
+    predicted = np.asarray(predict(images)).argmax(axis=1)
     rows = math.ceil(count / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows))
     for ax, image, true, guess in zip(np.ravel(axes), images, data.y_test[chosen], predicted):
@@ -261,7 +278,10 @@ def compare_runs(run_dirs) -> str:
     header = "| run | " + " | ".join(title for title, _, _ in COMPARE_COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COMPARE_COLUMNS) + 1)]
     for run_dir, metrics in rows:
-        metrics = {**metrics, "arch": arch_of(metrics)}
+        # Every run but the plain PyTorch loop's is a Keras run, those from before
+        # `implementation` was recorded included.
+        implementation = metrics.get("implementation", "keras")
+        metrics = {**metrics, "arch": arch_of(metrics), "implementation": implementation}
         cells = [_fmt(metrics.get(key), digits or 4) for _, key, digits in COMPARE_COLUMNS]
         cells = [
             contention.marked(c, metrics) if key in SPEED_KEYS else c

@@ -35,12 +35,13 @@ try:
 except ImportError:  # Windows: folders are not locked there
     fcntl = None
 
-# What `train` writes besides config.json.
+# What `train` writes besides config.json (model.pt: the plain PyTorch loop's model).
 RUN_FILES = (
     "history.json",
     "history.csv",
     "metrics.json",
     "model.keras",
+    "model.pt",
     "report.md",
     "state",
     "class_names.json",
@@ -48,7 +49,6 @@ RUN_FILES = (
 # The model's class names, beside model.keras: what `evaluate` and `predict` call each
 # output (an image folder's class names exist nowhere else).
 CLASS_NAMES_FILE = "class_names.json"
-
 
 LOCK_FILE = ".lock"
 # What `evaluate --out` writes (report.write_run without a history).
@@ -277,7 +277,7 @@ def mark_diverged(out: Path, epoch: int, loss: float, learning_rate: float) -> T
 
     `metrics.json` then holds no test figures: the run produced none.
     """
-    kept = "model.keras" if (out / "model.keras").exists() else None
+    kept = next((n for n in ("model.keras", "model.pt") if (out / n).exists()), None)
     message = (
         f"Training diverged in epoch {epoch}: the training loss was {loss}. "
         + (

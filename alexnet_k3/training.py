@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sys
 from pathlib import Path
 
 import keras
 
-from alexnet_k3 import backend, runs
-from alexnet_k3.callbacks import LoadSampler, fit_callbacks, load_history, stop_diverged
-from alexnet_k3.config import TrainConfig
+from alexnet_k3 import backend, progress, runs
+from alexnet_k3.callbacks import LoadSampler, fit_callbacks, stop_diverged
+from alexnet_k3.config import TrainConfig, implementation_of
 from alexnet_k3.contention import LoadMonitor
+from alexnet_k3.core import FLIP_AUGMENTATION
 from alexnet_k3.model import build_classifier, default_input_size, weights_checksum
 from alexnet_k3.optimizers import TorchSGD
 
-# Mirrored digits are other symbols; mirrored photos are still the same class.
-FLIP_AUGMENTATION = {"cifar10": True, "digits": False, "folder": True}
 
-
-def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dict:
+def train(out="runs/latest", *, resume=False, verbose="auto", mlflow=None, **settings) -> dict:
     """Trains AlexNet (or VGG16), keeps the last (or best) epoch, tests it and writes a report.
 
     Args:
@@ -61,7 +58,10 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
             every process prints its final weights' checksum, and processes
             other than 0 return only that; see `backend.data_parallel`),
             `keep_freed_memory` (on a CPU: `backend.keep_freed_memory()`, a
-            process-wide glibc setting, on by default; recorded in `metrics.json`).
+            process-wide glibc setting, on by default; recorded in `metrics.json`),
+            `implementation` ("keras", or "torch-reference": the plain PyTorch
+            loop trains the run instead, see `alexnet_k3.reference.train`; a
+            resumed run keeps its own).
 
     Returns:
         The metrics dict also written to `out/metrics.json`; in a job's process
@@ -73,25 +73,27 @@ def train(out="runs/latest", *, resume=False, verbose="auto", **settings) -> dic
         True
     """
     out = Path(out)
+    if implementation_of(settings, out, resume) == "torch-reference":
+        from alexnet_k3 import reference
+
+        metrics = reference.train(out, resume=resume, verbose=verbose, **settings)
+    else:
+        metrics = _train_keras(out, resume, verbose, settings)
+    if "rank" not in metrics:  # process 0: logged from the finished folder, after the fact
+        from alexnet_k3 import tracking
+
+        tracking.log_if_enabled(out, mlflow)
+    return metrics
+
+
+def _train_keras(out: Path, resume: bool, verbose, settings: dict) -> dict:
     job = backend.job_in_environment()
     # One writer per folder; a failed start leaves no folder, no lock, no temp files.
     # A job's processes other than 0 only read it (process 0 holds the lock).
     with runs.lock(out) if job is None or job[0] == 0 else contextlib.nullcontext():
         # In a job, process 0 alone prints progress.
-        verbose = 0 if job is not None and job[0] > 0 else fit_verbosity(verbose)
+        verbose = 0 if job is not None and job[0] > 0 else progress.verbosity(verbose)
         return _train(out, resume, verbose, settings)
-
-
-def fit_verbosity(verbose):
-    """`fit`'s `verbose` for this process: "auto" is a progress bar on a terminal only.
-
-    Keras's own "auto" draws the bar everywhere, refreshed twice a second; into
-    a file or a CI log that is not a terminal those refreshes pile up as lines,
-    so there it is one line per epoch (2).
-    """
-    if verbose != "auto":
-        return verbose
-    return 1 if sys.stdout.isatty() else 2
 
 
 def _train(out: Path, resume: bool, verbose, settings: dict) -> dict:
@@ -134,23 +136,15 @@ def _prepare_run(out: Path, resume: bool, settings: dict):
     if resume:
         config = runs.saved_config(out, settings)
         return config, _data_parallel(config)  # a job joins before jax computes anything
-    unknown = set(settings) - set(TrainConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(
-            f"train() got unknown settings {sorted(unknown)}; "
-            f"expected some of {sorted(TrainConfig.__dataclass_fields__)}."
-        )
-    config = TrainConfig(**settings)
-    if "variant" in settings and config.model_variant is None:  # even the default, if given
-        raise ValueError(
-            f"`variant` must be left unset with arch={config.arch!r} (variants are AlexNet's), "
-            f"received variant={config.variant!r}."
-        )
-    config.validate()
+    config = TrainConfig.from_settings(settings)
     # Refuse an impossible setup before writing anything. The engine first: a
     # tensorflow job's strategy must exist before TensorFlow's runtime starts.
     parallel = _data_parallel(config)
     backend.check_image_data_format(_data_format(config))
+    if config.weights is not None:  # a bad checkpoint is refused before any data is read
+        from alexnet_k3.weights.loader import check_checkpoint
+
+        check_checkpoint(config.weights, config.arch)
     if parallel.writes:
         runs.start(out, config)
     return config, parallel
@@ -227,14 +221,14 @@ def _run(out: Path, config: TrainConfig, verbose, parallel) -> dict:
 
     best = load_model(best_path)
     metrics = evaluate_arrays(best, data.x_test, data.y_test, data.class_names, config.batch_size)
-    history = load_history(history_path)
+    history = progress.load_history(history_path)
     metrics.update(_run_summary(config, data, len(x_train), history))
     metrics.update(init=config.init, initial_weights_sha256=initial_checksum)
     metrics.update(devices=replicas, replicas_holding_weights=holding, **speed_settings)
     metrics.update(processes=parallel.processes, **conditions)
     from alexnet_k3 import report
 
-    report.write_run(out, metrics, history, best, data)
+    report.write_run(out, metrics, history, best.predict_on_batch, data)
     shutil.rmtree(out / "state", ignore_errors=True)
     return metrics
 
@@ -256,7 +250,7 @@ def _fit_phases(
     best_so_far = None
     if (out / "model.keras").exists():  # resuming: beat the best model already saved
         best_so_far = max(
-            (e["val_accuracy"] for e in load_history(history_path) if "val_accuracy" in e),
+            (e["val_accuracy"] for e in progress.load_history(history_path) if "val_accuracy" in e),
             default=None,
         )
     state_dir = out / "state"
@@ -370,10 +364,6 @@ def compile_model(
 
 
 def _run_summary(config: TrainConfig, data, n_train: int, history: list[dict]) -> dict:
-    seconds = sum(e["seconds"] for e in history)
-    # The first epoch includes tracing/compilation; the steady figure leaves it out.
-    steady = history[1:] if len(history) > 1 else history
-    steady_seconds = sum(e["seconds"] for e in steady)
     return {
         "backend": backend.name(),
         "device": backend.device_name(),
@@ -390,10 +380,6 @@ def _run_summary(config: TrainConfig, data, n_train: int, history: list[dict]) -
         "learning_rate": config.peak_learning_rate,
         "precision": config.precision,
         "data_format": _data_format(config),
-        "train_images": n_train,
-        "train_seconds": round(seconds, 3),
-        "images_per_second": round(n_train * len(history) / seconds, 1) if seconds else None,
-        "images_per_second_after_first_epoch": (
-            round(n_train * len(steady) / steady_seconds, 1) if steady_seconds else None
-        ),
+        "implementation": config.implementation,
+        **progress.timing(history, n_train),
     }

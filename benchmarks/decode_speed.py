@@ -1,25 +1,26 @@
-"""How fast image folders decode: 1 worker vs all, processes vs threads, and a cached start.
+"""How fast image folders decode: 1 worker vs all, threads vs processes, and a cached start.
 
 Writes `--images` JPEGs of 500x375 (random crops of scikit-learn's two sample photos,
 `china.jpg` and `flower.jpg`, mirrored at random, quality 90) into two class folders
 of a temporary folder, then times, each `--rounds` times in turn (median kept):
 
-- decode, processes: `alexnet_k3.datasets.decode.decode_into` with 1 worker and with
+- decode, threads: `alexnet_k3.datasets.decode.decode_into` with 1 worker and with
   every core (what `load_folder` runs), into a memmap at `--size` (256: a 224 model's);
-- decode, threads: the same chunks on a thread pool, for the comparison that chose
-  processes;
+- decode, processes: the same files on a pool of spawned processes (their start-up
+  included), each writing its rows into the memmap: the comparison that chose threads;
 - cached start: `load_folder` on the same folder a second time (scan, index check,
   memmap open), after a first call that decoded it.
 
 Usage:
     python benchmarks/decode_speed.py [--images 1000] [--size 256] [--rounds 3]
-        [--out benchmarks/results/decode-cpu-2core]
+        [--out benchmarks/results/decode-cpu-2core] [--note "what else ran"]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -27,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,16 @@ def write_photos(root: Path, count: int, seed: int = 0) -> list[Path]:
     return files
 
 
+# Files per task of the process pool: enough to amortize a task, few to share out evenly.
+_ROWS = 32
+
+
+def _decode_rows(npy: str, paths: list[str], size: int, rows) -> list:
+    """Decodes `paths[row]` into row `row` of the memmap `npy`, in a pool's process."""
+    out = np.load(npy, mmap_mode="r+")
+    return [failure for row in rows if (failure := decode._decode_row(out, paths, row, size)[0])]
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and of its children that have ended (user + system)."""
     own, children = (
@@ -78,17 +89,14 @@ def _time_decode(files, size: int, workers: int, threads: bool, scratch: Path):
     cpu = _cpu_seconds()
     start = time.perf_counter()
     if threads:
-        paths = [str(f) for f in files]
-        out = np.load(npy, mmap_mode="r+")
-
-        def work(chunk):
-            return decode._decode_chunk(out, paths, chunk, size)
-
-        with ThreadPoolExecutor(workers) as pool:
-            chunks = range(-(-len(files) // decode._CHUNK))
-            failures = [f for done in pool.map(work, chunks) for f in done]
-    else:
         failures = decode.decode_into(npy, files, size, workers=workers)
+    else:
+        paths = [str(f) for f in files]
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            parts = [range(i, min(i + _ROWS, len(paths))) for i in range(0, len(paths), _ROWS)]
+            jobs = [pool.submit(_decode_rows, str(npy), paths, size, part) for part in parts]
+            failures = [f for job in jobs for f in job.result()]
     seconds = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu
     assert not failures, failures
@@ -102,16 +110,16 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256, help="cache side (default 256)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
+    parser.add_argument("--note", help="a sentence for the record (e.g. what else ran)")
     args = parser.parse_args(argv)
     cores = decode.default_workers()
-    # Each row decodes at least MIN_FILES_PER_WORKER files per worker, so `decode_into`
-    # really starts every worker asked for.
-    assert args.images >= cores * decode.MIN_FILES_PER_WORKER, "more --images needed"
+    # Each worker gets at least one share of the files, so every row starts all it asks for.
+    assert args.images >= cores * _ROWS, f"--images {cores * _ROWS} at least"
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = write_photos(tmp / "photos", args.images)
-        rows = [("processes", 1), ("processes", cores), ("threads", 1), ("threads", cores)]
+        rows = [("threads", 1), ("threads", cores), ("processes", 1), ("processes", cores)]
         rates = {row: [] for row in rows}
         cpu_ms = {row: [] for row in rows}
         for _ in range(args.rounds):
@@ -154,7 +162,10 @@ def main(argv=None) -> int:
         ],
         "first_load_seconds": round(first, 3),
         "cached_start_seconds": round(statistics.median(cached), 4),
+        "cached_start_seconds_rounds": [round(c, 4) for c in cached],
     }
+    if args.note:
+        record["note"] = args.note
     table = _markdown(record)
     print(table)
     if args.out:
@@ -187,6 +198,8 @@ def _markdown(r: dict) -> str:
         f"{r['cached_start_seconds']} s.",
         "",
     ]
+    if r.get("note"):
+        lines += [f"Note: {r['note']}", ""]
     return "\n".join(lines)
 
 

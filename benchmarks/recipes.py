@@ -1,11 +1,12 @@
 """Our training recipe against a plain PyTorch loop, on the same data and seeds.
 
-For each seed: one `benchmarks.torch_reference` run (the plain loop, row "torch-reference"),
-then, for each recipe and each backend, one `python -m alexnet_k3 train` run with the
-recipe's extra options, both with the same variant, data, image size, batch and epochs
-(`--variant`, default cifar; `--data-dir` or `--digits`; `--image-size`; `--batch-size`).
-Every run is its own process. The accuracies are the test set's: the reference's last
-epoch, the package's `metrics.json` (its last epoch by default; the best by validation
+For each seed: one `alexnet-k3 train --implementation torch-reference` run (the plain
+PyTorch loop, `alexnet_k3.reference`, row "torch-reference"), then, for each recipe and
+each backend, one `python -m alexnet_k3 train` run with the recipe's extra options, all
+with the same variant, data, image size, batch and epochs (`--variant`, default cifar;
+`--data-dir` or `--digits`; `--image-size`; `--batch-size`). Every run is its own
+process. The accuracies are the test set's, from each run's `metrics.json`: the
+reference's last epoch, the package's last epoch by default (the best by validation
 accuracy when a recipe sets `--validation-split`).
 
 Writes `<out-dir>/<name>.json` (every run, then one summary row per recipe and backend)
@@ -76,28 +77,14 @@ def _shared_args(setup: dict) -> list[str]:
 def reference_run(
     data_dir: Path | None, seed: int, epochs: int, extra: str, timeout: float, setup: dict
 ) -> dict:
-    """One plain-PyTorch run: its record, plus the wall seconds of the whole process.
+    """One plain-PyTorch run (`--implementation torch-reference`): its row, as `package_run`'s.
 
-    `data_dir` None: the digits. `setup`: variant, batch size, image size.
+    `data_dir` None: the digits. `setup`: variant, batch size, image size. `extra`: more
+    `alexnet-k3 train` options for it.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "record.json"
-        command = [sys.executable, "-m", "benchmarks.torch_reference", *_shared_args(setup)]
-        command += ["--dataset", str(data_dir or "digits"), "--epochs", str(epochs)]
-        command += ["--seed", str(seed), "--out", str(out), *shlex.split(extra)]
-        seconds, error = _run(command, None, timeout)
-        row = {"recipe": REFERENCE, "backend": "torch", "seed": seed, "args": extra}
-        if error:
-            return {**row, "error": error, "seconds": round(seconds, 1)}
-        record = json.loads(out.read_text())
-        curve = [e["test_accuracy"] for e in record["history"]]
-        return {
-            **row,
-            "test_accuracy": record["test_accuracy"],
-            "test_accuracy_per_epoch": curve,
-            "seconds": round(seconds, 1),
-            "versions": {"torch": record["torch"]},
-        }
+    args = f"--implementation {REFERENCE} {extra}".strip()
+    row = package_run(data_dir, REFERENCE, args, "torch", seed, epochs, timeout, setup)
+    return {**row, "args": extra}
 
 
 def package_run(
@@ -205,10 +192,10 @@ def markdown(summary: list[dict], settings: dict) -> str:
         )
     lines += [
         "",
-        f"`{REFERENCE}`: `benchmarks/torch_reference.py` (plain SGD loop, coupled weight "
-        "decay, no schedule; last epoch). Other rows: `alexnet-k3 train` (its last epoch, "
-        "or with `--validation-split` the best by validation accuracy). `vs reference`: "
-        "the mean over seeds of (row - reference of the same seed), in points.",
+        f"`{REFERENCE}`: `alexnet-k3 train --implementation {REFERENCE}` (plain SGD loop, "
+        "coupled weight decay, no schedule; last epoch). Other rows: `alexnet-k3 train` "
+        "(its last epoch, or with `--validation-split` the best by validation accuracy). "
+        "`vs reference`: the mean over seeds of (row - reference of the same seed), in points.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -236,7 +223,9 @@ def main(argv=None) -> dict:
         action="append",
         help='NAME="extra alexnet-k3 train args", repeated (default: default="")',
     )
-    parser.add_argument("--reference-args", default="", help="extra torch_reference args")
+    parser.add_argument(
+        "--reference-args", default="", help="extra train args of the torch-reference runs"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the plain loop")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per process")

@@ -34,9 +34,9 @@ from torch import nn
 from alexnet_k3.config import TrainConfig
 from alexnet_k3.datasets import load_digits
 from alexnet_k3.model import build_classifier
+from alexnet_k3.torch_loop import to_inputs as _to_inputs
 from alexnet_k3.training import compile_model
 from alexnet_k3.weights import to_torchvision_state_dict
-from benchmarks.torch_reference import _to_inputs
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=30)

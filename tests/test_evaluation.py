@@ -42,3 +42,22 @@ def test_metrics_agree_with_scikit_learn():
         sk.top_k_accuracy_score(y, logits, k=5, labels=labels)
     )
     assert metrics["test_images"] == 200
+
+
+def test_report_tables_escape_class_names_as_predict_does():
+    import re
+
+    from alexnet_k3.report import _report_markdown
+
+    names = ("new\nline", "a|b", "plain")  # folder names may hold either
+    y = np.array([0, 1, 2, 2])
+    logits = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    metrics = evaluate_arrays(_logits_model(3), logits, y, names)
+    metrics.update(dataset="folder", model="runs/a|b/model.keras")
+    text = _report_markdown(metrics, None, [])
+    table = text.split("## Per class (all test images)\n\n")[1].strip().splitlines()
+    assert len(table) == 2 + len(names)  # header, rule, one line per class
+    cells = [re.split(r"(?<!\\)\|", line)[1:-1] for line in table[2:]]
+    assert [c[0].strip() for c in cells] == ["new line", "a\\|b", "plain"]
+    assert all(len(c) == 4 for c in cells)
+    assert "| model | runs/a\\|b/model.keras |" in text

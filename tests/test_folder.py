@@ -181,6 +181,19 @@ def test_cache_is_reused_and_redone_when_the_folder_changes(tmp_path, cache, mon
     assert calls == [1, 1, 1, 1, 1]
 
 
+def test_an_unwritable_cache_names_its_folder_and_what_to_do(tmp_path, cache, monkeypatch):
+    root = write_photo_folder(tmp_path / "photos")
+    folder = folder_cache.cache_folder(root.resolve(), 16)
+    (folder / f".tmp-{os.getpid()}-images.npy.all.npy").mkdir(parents=True)  # in the way
+    with pytest.raises(OSError, match=f"cache in {folder} .*ALEXNET_K3_CACHE at a") as error:
+        load_folder(root, 16)
+    assert ".tmp-" not in str(error.value)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(folder_cache.CACHE_ENV_VAR, str(tmp_path / "a-file"))
+    with pytest.raises(OSError, match=r"cache in \S*a-file/photos-16px-\w+ \(.*writable"):
+        load_folder(root, 16)
+
+
 def test_default_cache_is_in_the_keras_dataset_cache(tmp_path, monkeypatch):
     monkeypatch.delenv(folder_cache.CACHE_ENV_VAR, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -271,6 +284,27 @@ def test_folder_errors_are_clear_and_leave_nothing_behind(tmp_path, cache, case)
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def test_a_bad_checkpoint_is_refused_before_the_folder_is_decoded(tmp_path, cache, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from alexnet_k3.training import train
+    from alexnet_k3.weights.errors import WeightsError
+
+    root = write_photo_folder(tmp_path / "photos")
+    bad = tmp_path / "convs-only.pth"  # a readable state_dict that lacks most layers
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, bad)
+    calls = []
+    real = decode.decode_into
+    monkeypatch.setattr(
+        folder_cache, "decode_into", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    out = tmp_path / "run"
+    with pytest.raises(WeightsError, match="convs-only.pth"):
+        train(out, dataset="folder", data_dir=str(root), variant="torchvision",
+              weights=str(bad), epochs=1, verbose=0)  # fmt: skip
+    assert calls == [] and not out.exists()
+    assert not cache.exists() or not any(cache.iterdir())
+
+
 def test_links_leaving_the_folder_are_not_followed(tmp_path, cache, capsys):
     root = write_photo_folder(tmp_path / "photos")
     outside = tmp_path / "elsewhere"
@@ -278,11 +312,53 @@ def test_links_leaving_the_folder_are_not_followed(tmp_path, cache, capsys):
     (root / "china" / "link.jpg").symlink_to(outside / "china" / "00.jpg")
     (root / "flower" / "more").symlink_to(outside / "flower", target_is_directory=True)
     (root / "outside-class").symlink_to(outside / "china", target_is_directory=True)
-    (root / "china" / "inside.jpg").symlink_to(root / "flower" / "00.jpg")  # inside: read
+    (root / "china" / "same.jpg").symlink_to(root / "china" / "00.jpg")  # the same file: once
+    (root / "china" / "inside").symlink_to(root / "china", target_is_directory=True)  # a loop
     data = load_folder(root, 16)
-    assert data.class_names == CLASSES and len(data.x_train) + len(data.x_test) == 13
+    assert data.class_names == CLASSES and len(data.x_train) + len(data.x_test) == 12
     err = capsys.readouterr().err
     assert "skipped 3 symbolic link(s) pointing outside" in err and "link.jpg" in err
+    assert "skipped 1 symbolic link loop(s)" in err and "china/inside" in err
+
+
+def test_a_link_loop_or_a_link_to_another_class_counts_no_image_twice(tmp_path, cache, capsys):
+    root = write_photo_folder(tmp_path / "photos")
+    (root / "china" / "loop").symlink_to("..", target_is_directory=True)  # ln -s .. china/loop
+    (root / "china" / "a").mkdir()
+    (root / "china" / "b").mkdir()
+    (root / "china" / "a" / "to-b").symlink_to("../b", target_is_directory=True)
+    (root / "china" / "b" / "to-a").symlink_to("../a", target_is_directory=True)  # a cycle
+    (root / "china" / "flower.jpg").symlink_to("../flower/00.jpg")  # another class's image
+    (root / "kitty").symlink_to("china", target_is_directory=True)  # a class twice
+    data = load_folder(root, 16)
+    assert data.class_names == CLASSES
+    labels = np.concatenate([data.y_train, data.y_test])
+    assert np.bincount(labels).tolist() == [6, 6]  # each image once, under its real class
+    err = capsys.readouterr().err
+    assert "skipped 2 symbolic link loop(s)" in err  # china/loop, and the a-b cycle once
+    assert f"{root / 'china' / 'loop'} -> {root}" in err
+    assert "leading out of their class folder" in err and "china/flower.jpg" in err
+    assert f"{root / 'kitty'} -> {root / 'china'}" in err
+
+
+def test_a_same_size_same_mtime_replacement_is_decoded_again(tmp_path, cache):
+    root = write_photo_folder(tmp_path / "photos")
+    first, second = crops("china", 2, shape=(16, 16), seed=3)
+    path = root / "china" / "swapped.bmp"
+    Image.fromarray(first).save(path)
+    before = path.stat()
+    data = load_folder(root, 16, test_split=0.5)
+    every = np.concatenate([data.x_train, data.x_test])
+    assert (every == first).all(axis=(1, 2, 3)).any()
+    # Replaced in place by an image of the same size, its times put back (touch -r).
+    Image.fromarray(second).save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    data = load_folder(root, 16, test_split=0.5)
+    every = np.concatenate([data.x_train, data.x_test])
+    assert (every == second).all(axis=(1, 2, 3)).any()
+    assert not (every == first).all(axis=(1, 2, 3)).any()
 
 
 def test_settings_for_folders_only_are_refused_for_other_datasets(tmp_path):
@@ -361,6 +437,26 @@ def test_evaluate_finds_the_runs_split_and_checks_class_names(photo_run, tmp_pat
         evaluate(out / "model.keras", "folder", data_dir=str(other))
 
 
+def test_evaluate_without_a_dataset_tests_on_the_runs_folder(
+    photo_run, tmp_path, monkeypatch, capsys
+):
+    from alexnet_k3.cli import build_parser
+    from alexnet_k3.evaluation import evaluate
+
+    out, root, metrics = photo_run
+    monkeypatch.setenv(folder_cache.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    assert build_parser().parse_args(["evaluate", "m.keras"]).dataset is None
+    evaluated = evaluate(out / "model.keras")  # `alexnet-k3 evaluate MODEL`
+    assert evaluated["dataset"] == "folder"
+    assert evaluated["confusion_matrix"] == metrics["confusion_matrix"]
+    err = capsys.readouterr().err
+    assert f"evaluating on dataset='folder', data_dir={str(root)!r}" in err
+    assert str(out / "config.json") in err
+    # Asked for another dataset: the error says which options test on the run's.
+    with pytest.raises(DatasetError, match=f"give dataset='folder' data_dir={str(root)!r}"):
+        evaluate(out / "model.keras", "digits")
+
+
 @pytest.mark.slow
 def test_training_on_the_digits_as_png_files_learns(digits_folder_run, tmp_path, monkeypatch):
     from alexnet_k3.datasets import load_digits
@@ -395,12 +491,133 @@ def test_a_memory_mapped_split_is_fed_from_disk(tmp_path):
 def test_decode_benchmark_writes_its_records(tmp_path):
     from benchmarks import decode_speed
 
-    images = decode.default_workers() * decode.MIN_FILES_PER_WORKER
-    assert (
-        decode_speed.main(["--images", str(images), "--rounds", "1", "--out", str(tmp_path / "d")])
-        == 0
-    )
+    images = str(decode.default_workers() * decode_speed._ROWS)
+    out = str(tmp_path / "d")
+    argv = ["--images", images, "--rounds", "1", "--out", out, "--note", "n."]
+    assert decode_speed.main(argv) == 0
     record = json.loads((tmp_path / "d.json").read_text())
-    assert [(r["kind"], r["workers"]) for r in record["rows"]][0] == ("processes", 1)
+    kinds = [(r["kind"], r["workers"]) for r in record["rows"]]
+    assert kinds[0] == ("threads", 1) and kinds[2] == ("processes", 1)
     assert record["cached_start_seconds"] < record["first_load_seconds"]
-    assert "| processes | 1 |" in (tmp_path / "d.md").read_text()
+    text = (tmp_path / "d.md").read_text()
+    assert "| threads | 1 |" in text and "| processes | 1 |" in text and "Note: n." in text
+
+
+# --------------------------------------------------------------------------- decoding, safely
+
+UNGUARDED_SCRIPT = """\
+import alexnet_k3 as ak
+
+ak.train("runs/x", dataset="folder", data_dir="photos", variant="cifar", epochs=1,
+         batch_size=32, test_split=0.9, image_size=16, verbose=0)
+"""
+
+
+def _litter(folder):
+    """Temporary files, locks and half-written files under `folder`."""
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.name.startswith((".tmp-", ".lock")) or p.name.endswith(".all.npy")
+    )
+
+
+@pytest.mark.once
+@pytest.mark.slow
+def test_the_readme_call_as_an_unguarded_script_finishes(tmp_path):
+    """The README's Python call, saved as a script without `if __name__ == "__main__":`,
+    on a folder of 3000 images: decoding must neither hang nor re-run the script."""
+    import signal
+    import subprocess
+    import sys
+
+    for i in range(3000):
+        folder = tmp_path / "photos" / ("dark", "light")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        value = 40 + 150 * (i % 2) + i % 31
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(folder / f"{i:04d}.png")
+    (tmp_path / "script.py").write_text(UNGUARDED_SCRIPT)
+    env = {**os.environ, folder_cache.CACHE_ENV_VAR: str(tmp_path / "cache")}
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        [sys.executable, "script.py"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # so a hang can be ended with everything it started
+    )
+    try:
+        output, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the script still ran after 240 s:\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+    assert output.count("decoding photos: 3000/3000") == 1, output[-3000:]
+    run = tmp_path / "runs" / "x"
+    assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
+    assert _litter(tmp_path) == []
+    (cached,) = (tmp_path / "cache").iterdir()
+    assert sorted(p.name for p in cached.iterdir()) == ["images.npy", "index.json"]
+
+
+def _break_decoding(monkeypatch, name: str, fault):
+    """Decoding runs `fault()` instead of decoding the file whose path ends in `name`."""
+    real = decode._decode_image
+
+    def decode_or_fail(path, size):
+        if str(path).endswith(name):
+            fault()
+        return real(path, size)
+
+    monkeypatch.setattr(decode, "_decode_image", decode_or_fail)
+
+
+def test_a_worker_that_stops_is_an_error_naming_the_file_and_leaves_nothing(
+    tmp_path, cache, monkeypatch
+):
+    from alexnet_k3.training import train
+
+    root = write_photo_folder(tmp_path / "photos")
+
+    def stop():  # not a bad file (those are skipped): decoding itself breaks
+        raise SystemExit("worker gone")
+
+    _break_decoding(monkeypatch, "flower/03.jpg", stop)
+    with pytest.raises(decode.DecodeError, match=r"stopped at \S*flower/03.jpg: SystemExit"):
+        load_folder(root, 16)
+    out = tmp_path / "run"
+    with pytest.raises(decode.DecodeError, match="flower/03.jpg"):
+        train(out, dataset="folder", data_dir=str(root), epochs=1, verbose=0)
+    assert not out.exists()
+    assert not cache.exists() or not any(cache.iterdir())
+    assert _litter(tmp_path) == []
+
+
+def test_a_stalled_decode_is_an_error_naming_the_file(tmp_path, cache, monkeypatch):
+    import time
+
+    root = write_photo_folder(tmp_path / "photos")
+    monkeypatch.setattr(decode, "STALL_SECONDS", 0.5)
+    _break_decoding(monkeypatch, "china/02.jpg", lambda: time.sleep(2.0))
+    with pytest.raises(decode.DecodeError, match=r"stalled.*while decoding \S*china/02.jpg"):
+        load_folder(root, 16)
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_an_image_above_pillows_bomb_warning_limit_is_named(tmp_path, cache, capsys, recwarn):
+    root = write_photo_folder(tmp_path / "photos")  # 80x60 = 4800 pixels each
+    Image.fromarray(crops("china", 1, shape=(10, 10))[0]).save(root / "china" / "small.png")
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that.
+    Image.MAX_IMAGE_PIXELS, limit = 3000, Image.MAX_IMAGE_PIXELS
+    try:
+        data = load_folder(root, 16)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    assert len(data.x_train) + len(data.x_test) == 13
+    err = capsys.readouterr().err
+    assert "12 image(s) exceed Pillow's decompression-bomb warning limit of 3,000 pixels" in err
+    assert f"{root / 'china' / '00.jpg'} (80x60)" in err and "small.png" not in err
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -186,3 +186,24 @@ def test_python_errors_say_what_was_expected(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no image files"):
         ak.predict(model, tmp_path / "empty")
+
+
+def test_a_failed_out_names_the_users_file_never_a_temporary_one(tmp_path):
+    import os
+
+    from alexnet_k3 import prediction
+
+    top = [{"class": "x", "index": 0, "probability": 1.0}]
+    rows = [{"image": "a.png", "error": None, "top": top}]
+    (tmp_path / "p.csv").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"out=.*p.csv' is a folder\. Give a file"):
+        prediction.write(rows, tmp_path / "p.csv")
+    (tmp_path / f".tmp-{os.getpid()}-q.csv").mkdir()  # in the way of the atomic write
+    with pytest.raises(OSError, match=r"out=.*q.csv': could not write it .*Give a file") as error:
+        prediction.write(rows, tmp_path / "q.csv")
+    assert ".tmp-" not in str(error.value)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PermissionError, match=r"cannot write in .*file \(not a folder\)"):
+        prediction.check_output(tmp_path / "file" / "r.csv")
+    prediction.write(rows, tmp_path / "new" / "r.csv")  # a new folder is made
+    assert (tmp_path / "new" / "r.csv").read_text().startswith("image,error")

@@ -220,7 +220,10 @@ learning_rate = 1e12
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "first").iterdir()}
     time.sleep(1)  # the killed run's process follows its parent (PR_SET_PDEATHSIG)
 
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    # Started again, and logging to MLflow (the local store in the study's folder).
+    again = subprocess.run(
+        [*command, "--mlflow"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 1, again.stderr[-3000:]  # a run failed
     assert "run 1 of 3: first (keras on torch): finished earlier, kept" in again.stdout
     assert "run 2 of 3: second (keras on torch): resuming" in again.stdout
@@ -235,6 +238,19 @@ learning_rate = 1e12
     for name in ("study.md", "study.html"):
         assert (out / name).stat().st_size > 0
     assert not list(out.rglob(".lock")) and not list(out.rglob(".tmp-*"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("study-study")
+    logged = {r.data.tags["study_run"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(logged) == ["first", "second"]  # the failed run has nothing to log
+    second = logged["second"]
+    assert second.data.tags["backend"] == "torch" and second.data.tags["kind"] == "keras"
+    assert second.data.metrics["test_accuracy"] == records["second"]["test_accuracy"]
+    history = client.get_metric_history(second.info.run_id, "loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    artifacts = {a.path for a in client.list_artifacts(second.info.run_id)}
+    assert {"report.md", "model.keras", "metrics.json"} <= artifacts
 
 
 @pytest.mark.once

@@ -6,11 +6,16 @@ beside Keras's own dataset cache): nothing is written inside the data folder.
 
 - `images.npy`: every readable image, uint8 `(N, size, size, 3)`, in the order of the
   files given; read back memory-mapped (`np.load(mmap_mode="r")`, never unpickled).
-- `index.json`: the files' paths (relative to the data folder), sizes and
-  modification times, each file's row in `images.npy` (-1: not decodable) and why
-  the others failed. The cache is used only when the index names exactly the files
-  found now, and is otherwise rebuilt; an index that is not what this module
-  writes counts as no cache.
+- `index.json`: each file's path (relative to the data folder), size, modification
+  time, change time (`st_ctime_ns`) and inode number, each file's row in
+  `images.npy` (-1: not decodable) and why the others failed. The cache is used
+  only when the index names exactly the files found now, and is otherwise rebuilt;
+  an index that is not what this module writes counts as no cache. The change time
+  and inode catch what size and modification time miss: a file replaced by one of
+  the same size with its modification time kept (`touch -r`, `cp -p`, `rsync -t`)
+  has a new change time (any write or `utime` sets it, and no user call can set it
+  back) and, when replaced by a rename, a new inode. The cost: a `chmod`, `chown`
+  or a copy of the whole folder also decodes it again.
 
 Both files are written under `.tmp-<pid>-` names and renamed into place
 (`alexnet_k3.core`), the old index removed first and the new one written last,
@@ -33,7 +38,7 @@ from alexnet_k3.datasets.decode import ALPHA_BACKGROUND, decode_into
 
 CACHE_ENV_VAR = "ALEXNET_K3_CACHE"
 # Bumped whenever decoding changes what a file decodes to: older caches are redone.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -67,7 +72,7 @@ def cached_decode(root: Path, files: list[Path], size: int, *, check, workers=No
         check: `check(rows, failures)`, called before anything is cached (and on a
             cache hit), raises to refuse the result: a failed first decode leaves no
             cache folder behind.
-        workers: decoding processes (default: one per core).
+        workers: decoding threads (default: one per core).
         cache_dir: the folder holding the caches (default: `default_cache_dir()`).
 
     Returns:
@@ -78,7 +83,8 @@ def cached_decode(root: Path, files: list[Path], size: int, *, check, workers=No
     records = []
     for path in files:
         stat = path.stat()
-        records.append([str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns])
+        identity = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        records.append([str(path.relative_to(root)), *identity])
     header = {"version": CACHE_VERSION, "root": str(root), "size": size}
     header["background"] = list(ALPHA_BACKGROUND)
     hit = _cache_hit(folder, header, records)
@@ -86,22 +92,41 @@ def cached_decode(root: Path, files: list[Path], size: int, *, check, workers=No
         check(hit[1].tolist(), hit[2])
         return hit
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(folder)
+    except OSError as error:
+        raise _write_error(error, folder, cache_dir) from error
     try:
         # The old index goes first: it must never describe the new images.npy.
         (folder / "index.json").unlink(missing_ok=True)
         rows, failures = _decode(folder, files, size, workers, root.name, check)
         index = {**header, "files": records, "rows": rows.tolist(), "failures": failures}
         atomic_write_json(folder / "index.json", index)
-    except BaseException:
+    except BaseException as error:
         if created:  # a failed first decode leaves no folder behind
             for leftover in folder.iterdir():
                 leftover.unlink(missing_ok=True)
             folder.rmdir()
+        if isinstance(error, OSError):  # the cache cannot be written: the images were read
+            raise _write_error(error, folder, cache_dir) from error
         raise
     print(f"cached {rows.max() + 1} images in {folder}", file=sys.stderr)
     return np.load(folder / "images.npy", mmap_mode="r"), rows, failures
+
+
+def _write_error(error: OSError, folder: Path, cache_dir) -> OSError:
+    """`error` (which may name a temporary file) as one line naming the cache folder and
+    what to do."""
+    if cache_dir is not None:
+        where = "pass a writable cache_dir"
+    else:
+        where = f"point {CACHE_ENV_VAR} at a writable folder ({CACHE_ENV_VAR}=/tmp/ak3-cache)"
+    return type(error)(
+        f"Cannot write the decoded-image cache in {folder} "
+        f"({error.strerror or type(error).__name__}): make that folder writable, free "
+        f"space on its disk, or {where}."
+    )
 
 
 def _cache_hit(folder: Path, header: dict, records: list):

@@ -6,15 +6,22 @@ otherwise a stratified, seeded share of each class (`test_split`) is held out fo
 testing. Class names are the class folders' names, sorted.
 
 Only image files count (`IMAGE_SUFFIXES`, any case); other files and hidden entries
-(`.DS_Store`, `.ipynb_checkpoints/`) are ignored. Nothing outside `ROOT` is read:
-a symbolic link whose target resolves outside it is skipped (with a warning).
+(`.DS_Store`, `.ipynb_checkpoints/`) are ignored. Nothing outside `ROOT` is read, and
+no image is counted twice or under a class it is not in: a symbolic link inside a
+class folder is followed only when its target lies inside that same class folder
+(a link to a file already found counts once), and a class folder that is a link
+only when its target is inside `ROOT` and overlaps no other class folder. Other
+links are skipped, with a warning naming them: those leading outside `ROOT`, those
+leading into another class folder or split (their images count where they really
+are), and loops (a link to a folder it is inside).
 Files Pillow cannot decode (truncated, empty, not an image) are skipped with one
 warning that counts them and names the first few; `strict=True` makes them an error.
 
 Decoding (`alexnet_k3.datasets.decode`) runs on every core, into a cache
 (`alexnet_k3.datasets.cache`) outside `ROOT`: a memory-mapped uint8 array and an
-index of the files' paths, sizes and modification times. An unchanged folder loads
-from it in well under a second; an added, removed or modified file decodes it again.
+index of the files' paths, sizes, modification and change times and inodes. An
+unchanged folder loads from it in well under a second; an added, removed, modified or
+replaced file decodes it again.
 """
 
 from __future__ import annotations
@@ -31,6 +38,13 @@ from alexnet_k3.datasets.cache import cached_decode
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _LISTED = 5  # bad files named in a warning or error
+# The warnings for the symbolic links `_scan` skips, by why it skipped them.
+SKIPPED_LINKS = {
+    "outside": "skipped {count} symbolic link(s) pointing outside {root}",
+    "class": "skipped {count} symbolic link(s) leading out of their class folder (into "
+    "another class or split; each image counts once, in the class folder where it is)",
+    "loop": "skipped {count} symbolic link loop(s) (a link to a folder it is inside)",
+}
 
 
 def cache_side(image_size: int) -> int:
@@ -66,7 +80,7 @@ def load_folder(
             train/test folders, in (0, 1).
         seed: seed of that hold-out.
         strict: raise on files that cannot be decoded instead of skipping them.
-        workers: decoding processes (default: one per core).
+        workers: decoding threads (default: one per core).
         cache_dir: the cache folder (default: `$ALEXNET_K3_CACHE`, else
             `$KERAS_HOME/datasets/alexnet_k3_folders`).
 
@@ -89,8 +103,9 @@ def load_folder(
         )
     root = _checked_root(root)
     splits, skipped = _scan(root)
-    if skipped:
-        _warn(f"skipped {len(skipped)} symbolic link(s) pointing outside {root}", skipped)
+    for kind, links in skipped.items():
+        if links:
+            _warn(SKIPPED_LINKS[kind].format(count=len(links), root=root), links)
     files = [f for split in splits.values() for _, f in split]
     relative = [str(f.relative_to(root)) for f in files]
 
@@ -157,24 +172,18 @@ def _inside(root: Path, entry: os.DirEntry) -> bool:
     return target.exists() and target.is_relative_to(root)
 
 
+def _overlap(a: Path, b: Path) -> bool:
+    return a.is_relative_to(b) or b.is_relative_to(a)
+
+
 def _scan(root: Path):
     """The splits as `{split: [(class, file), ...]}` (`test` only with split folders),
-    and the links skipped."""
-    skipped: list[str] = []
+    and the links skipped, `{kind: [link, ...]}` (kinds of `SKIPPED_LINKS`)."""
+    skipped: dict[str, list[str]] = {kind: [] for kind in SKIPPED_LINKS}
     top = {e.name: e for e in _entries(root) if e.is_dir() and _inside(root, e)}
     test_name = "test" if "test" in top else "val" if "val" in top else None
     if "train" in top and test_name:
-        splits = {
-            "train": _scan_split(root, root / "train", skipped),
-            "test": _scan_split(root, root / test_name, skipped),
-        }
-        unknown = sorted({c for c, _ in splits["test"]} - {c for c, _ in splits["train"]})
-        if unknown:
-            raise DatasetError(
-                f"{root / test_name} has class folders that {root / 'train'} lacks: "
-                f"{', '.join(unknown)}. Expected the test classes to be training classes: "
-                "add them to train/ or remove them from the test folder."
-            )
+        folders = {"train": root / "train", "test": root / test_name}
     elif "train" in top or test_name:
         raise DatasetError(
             f"{root} has a {'train' if 'train' in top else test_name}/ folder but no "
@@ -182,16 +191,42 @@ def _scan(root: Path):
             "(PATH/train/<class>, PATH/test/<class>) or class folders only (PATH/<class>)."
         )
     else:
-        splits = {"train": _scan_split(root, root, skipped)}
+        folders = {"train": root}
+    # The class folders that are real folders, of every split: a class folder that is a
+    # link may not overlap them (its images would count twice, or in both splits).
+    claimed = [
+        Path(e.path).resolve()
+        for folder in folders.values()
+        for e in _entries(folder)
+        if e.is_dir() and not e.is_symlink()
+    ]
+    splits = {split: _scan_split(root, f, skipped, claimed) for split, f in folders.items()}
+    if "test" in splits:
+        unknown = sorted({c for c, _ in splits["test"]} - {c for c, _ in splits["train"]})
+        if unknown:
+            raise DatasetError(
+                f"{folders['test']} has class folders that {root / 'train'} lacks: "
+                f"{', '.join(unknown)}. Expected the test classes to be training classes: "
+                "add them to train/ or remove them from the test folder."
+            )
     return splits, skipped
 
 
-def _scan_split(root: Path, folder: Path, skipped: list) -> list[tuple[str, Path]]:
-    classes = [e for e in _entries(folder) if e.is_dir()]
-    for entry in classes:
+def _scan_split(root: Path, folder: Path, skipped: dict, claimed: list) -> list[tuple[str, Path]]:
+    classes = []
+    for entry in (e for e in _entries(folder) if e.is_dir()):
         if not _inside(root, entry):
-            skipped.append(entry.path)
-    classes = [e for e in classes if _inside(root, e)]
+            skipped["outside"].append(entry.path)
+        elif entry.is_symlink():
+            target = Path(entry.path).resolve()
+            if any(_overlap(target, other) for other in claimed):
+                kind = "loop" if folder.resolve().is_relative_to(target) else "class"
+                skipped[kind].append(f"{entry.path} -> {target}")
+            else:
+                claimed.append(target)
+                classes.append(entry)
+        else:
+            classes.append(entry)
     found = [(e.name, f) for e in classes for f in _images_under(root, Path(e.path), skipped)]
     where = option_name("data_dir", str(folder)) if folder == root else str(folder)
     if not classes:
@@ -220,36 +255,59 @@ def _scan_split(root: Path, folder: Path, skipped: list) -> list[tuple[str, Path
     return found
 
 
-def _images_under(root: Path, folder: Path, skipped: list, seen=None) -> list[Path]:
-    """Image files under `folder`, sorted; links leaving `root` skipped, link loops cut."""
-    seen = set() if seen is None else seen
-    real = folder.resolve()
-    if real in seen:
-        return []
-    seen.add(real)
-    files = []
-    for entry in _entries(folder):
-        if not _inside(root, entry):
-            if entry.is_symlink() and (entry.is_dir() or _is_image(entry.name)):
-                skipped.append(entry.path)
-            continue
-        if entry.is_dir():
-            files += _images_under(root, Path(entry.path), skipped, seen)
-        elif entry.is_file() and _is_image(entry.name):
-            files.append(Path(entry.path))
+def _images_under(root: Path, folder: Path, skipped: dict) -> list[Path]:
+    """Image files under `folder` (a class folder), sorted, each real file once; links
+    followed only inside `folder`, the others put in `skipped` by kind."""
+    within, found, walked, files = folder.resolve(), set(), set(), []
+
+    def walk(path: Path, real: Path, walking: set) -> None:
+        walking = walking | {real}
+        walked.add(real)
+        for entry in _entries(path):
+            link = entry.is_symlink()
+            target = Path(entry.path).resolve() if link else None
+            if entry.is_dir():
+                if link:
+                    if target in walking or real.is_relative_to(target):  # inside it: a loop
+                        skipped["loop"].append(f"{entry.path} -> {target}")
+                        continue
+                    kind = _link_kind(root, within, target)
+                    if kind is not None:
+                        skipped[kind].append(entry.path)
+                        continue
+                if (target or real / entry.name) not in walked:  # else its files are in
+                    walk(Path(entry.path), target or real / entry.name, walking)
+            elif _is_image(entry.name) and (entry.is_file() or link):
+                kind = _link_kind(root, within, target) if link else None
+                if kind is not None:
+                    skipped[kind].append(entry.path)
+                elif (target or real / entry.name) not in found:  # a file reached twice
+                    found.add(target or real / entry.name)
+                    files.append(Path(entry.path))
+
+    walk(folder, within, set())
     return files
 
 
+def _link_kind(root: Path, within: Path, target: Path) -> str | None:
+    """Why a link to `target` is not followed (a `SKIPPED_LINKS` kind), or None."""
+    if not target.exists() or not target.is_relative_to(root):
+        return "outside"
+    return None if target.is_relative_to(within) else "class"
+
+
 def image_files(folder) -> list[Path]:
-    """The image files under `folder` (any depth), sorted; hidden entries and symbolic
-    links leading outside it are left out, as in `load_folder`.
+    """The image files under `folder` (any depth), sorted, each real file once; hidden
+    entries, link loops and symbolic links leading outside it are left out, as in
+    `load_folder`.
 
     Example:
         >>> [str(p) for p in image_files("photos")]  # doctest: +SKIP
         ['photos/cat/1.jpg', 'photos/dog/2.png']
     """
     # Paths under `folder` as given (relative stays relative); links checked on the real path.
-    return _images_under(Path(folder).resolve(), Path(folder), [])
+    skipped: dict[str, list[str]] = {kind: [] for kind in SKIPPED_LINKS}
+    return _images_under(Path(folder).resolve(), Path(folder), skipped)
 
 
 def _is_image(name: str) -> bool:

@@ -60,7 +60,7 @@ RUN_KEYS = {"name", "backend"}
 NOT_IN_PLANS = {"data_parallel", "devices"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 # Files the study itself writes in its folder, never a run's name.
-RESERVED_NAMES = {"study.json", "study.md", "study.html", "mlruns", "mlruns.db"}
+RESERVED_NAMES = {"study.json", "study.md", "study.html", "mlruns.db", "mlruns-artifacts"}
 TRAIN_OPTIONS = tuple(f for f in TrainConfig.__dataclass_fields__ if f not in NOT_IN_PLANS)
 
 

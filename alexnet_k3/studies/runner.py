@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from alexnet_k3 import runs
+from alexnet_k3 import runs, tracking
 from alexnet_k3.core import IMAGENET_CHECKPOINTS, atomic_write_json, read_json
 from alexnet_k3.studies.plan import Plan, PlanError, PlannedRun, load_plan, saved_difference
 from alexnet_k3.studies.processes import find_imagenet_weights, run_process
@@ -91,11 +91,7 @@ def study(
         for name in restart:
             _remove_run(out / name)
         _check_started_runs(plan, out)
-        return _Study(plan, out, weights_dir, _tracking_wanted(mlflow)).run_all()
-
-
-def _tracking_wanted(mlflow: bool | None) -> bool:
-    return bool(os.environ.get("MLFLOW_TRACKING_URI")) if mlflow is None else mlflow
+        return _Study(plan, out, weights_dir, tracking.enabled(mlflow)).run_all()
 
 
 def _remove_run(folder: Path) -> None:
@@ -162,8 +158,10 @@ class _Study:
             if executed:
                 self.durations[run.trains].append(time.perf_counter() - begin)
                 self.executed_train_seconds += record.get("train_seconds") or 0.0
-                if self.tracking and record["status"] == "ok":
-                    self._log_to_mlflow(run, record)
+            if self.tracking and record["status"] == "ok":
+                # Kept runs too: logging a run again finds it (a study killed between
+                # a run's end and its logging catches up).
+                self._log_to_mlflow(run)
             self._write()
         record = self._write()
         self._write_report(record)
@@ -246,10 +244,22 @@ class _Study:
                 config.dataset,
                 "--out",
                 str(folder),
+                "--no-mlflow",
             ]
             return command + (["--data-dir", config.data_dir] if config.data_dir else [])
+        # The children never log to MLflow themselves: the study logs each run, once,
+        # into its own experiment.
         if (folder / "config.json").exists():
-            return [*program, "train", "--backend", run.backend, "--resume", "--out", str(folder)]
+            return [
+                *program,
+                "train",
+                "--backend",
+                run.backend,
+                "--resume",
+                "--out",
+                str(folder),
+                "--no-mlflow",
+            ]
         settings = dict(run.settings)
         if settings.get("weights") == "imagenet":
             settings["weights"] = str(self._imagenet_file(run.config().arch)[0])
@@ -261,6 +271,7 @@ class _Study:
             *train_options(settings),
             "--out",
             str(folder),
+            "--no-mlflow",
         ]
 
     def _progress(self, index: int, total: int, run: PlannedRun, what: str) -> None:
@@ -322,9 +333,7 @@ class _Study:
         written = write_report(self.out, record)
         print(f"study: wrote {', '.join(str(p) for p in written)}", flush=True)
 
-    def _log_to_mlflow(self, run: PlannedRun, record: dict) -> None:
-        from alexnet_k3 import tracking
-
+    def _log_to_mlflow(self, run: PlannedRun) -> None:
         tracking.log_run(
             self.out / run.name,
             experiment=f"study-{self.out.resolve().name}",

@@ -15,7 +15,7 @@ from alexnet_k3.weights.alexnet import ALEXNET
 from alexnet_k3.weights.checkpoints import open_source
 from alexnet_k3.weights.errors import WeightsError
 from alexnet_k3.weights.layouts import PARAMS, ArchitectureTable
-from alexnet_k3.weights.plan import assign, describe_model, make_plan
+from alexnet_k3.weights.plan import assign, check_source, describe_model, make_plan
 from alexnet_k3.weights.sources import Source
 from alexnet_k3.weights.vgg16 import VGG16
 
@@ -144,6 +144,33 @@ def load_weights(model, weights) -> None:
         >>> load_weights(model, "alexnet_imagenet.weights.h5")  # all but the head
     """
     _load(model, weights, skip_mismatched_head=True)
+
+
+def check_checkpoint(weights, architecture: str) -> None:
+    """Reads and checks a weights file as `load_weights` will, before any model exists.
+
+    Everything `load_weights` checks (a weights file read the safe way, of
+    `architecture`, with every key, shape and dtype a model with a top needs; the
+    classifier may be of any number of classes) is checked here, so a training run
+    refuses a bad checkpoint before it reads any data. Pretrained names
+    ("imagenet") are checked by their own SHA-256 when read, and pass here.
+
+    Args:
+        weights: the path of a `.pth`/`.pt` or `.weights.h5` file, or a pretrained name.
+        architecture: the table's name, "alexnet" or "vgg16" (`--arch`).
+
+    Raises:
+        WeightsError: what `load_weights` would raise for this file.
+
+    Example:
+        >>> check_checkpoint("alexnet_imagenet.weights.h5", "alexnet")
+    """
+    table = table_named(architecture)
+    if isinstance(weights, str) and weights in table.pretrained:
+        return
+    with open_source(weights, table) as opened:
+        check_architecture(table, opened)
+        check_source(table, True, None, opened, skip_mismatched_head=True)
 
 
 def to_torchvision_state_dict(model) -> dict[str, np.ndarray]:

@@ -74,18 +74,38 @@ def variable_shapes(layer) -> list[tuple[int, ...]]:
 
 def make_plan(layout: ModelLayout, source: Source, skip_mismatched_head: bool):
     """Validates everything; returns [(layer, [kernel, bias])] in Keras layout."""
-    table = layout.table
     entries = layout.entries
+    skip_head = check_source(
+        layout.table, layout.has_top, layout.num_classes, source, skip_mismatched_head
+    )
+    return [
+        (layout.layers[e.layer], [source.to_keras(layout.table, e, p) for p in PARAMS])
+        for e in entries
+        if not (skip_head and e.layer == layout.table.head)
+    ]
+
+
+def check_source(
+    table: ArchitectureTable,
+    has_top: bool,
+    num_classes: int | None,
+    source: Source,
+    skip_mismatched_head: bool,
+) -> bool:
+    """Checks every key, shape and dtype of `source` against a model of `table` (with or
+    without its top, of `num_classes`); returns whether its classifier is to be skipped
+    (another number of classes, with `skip_mismatched_head`)."""
+    entries = table.entries if has_top else table.features
     expected_keys = [source.key(e, p) for e in entries for p in PARAMS]
     # A model without a top takes the convolutions of a full checkpoint.
-    ignored = set() if layout.has_top else {source.key(e, p) for e in table.top for p in PARAMS}
+    ignored = set() if has_top else {source.key(e, p) for e in table.top for p in PARAMS}
     missing = [k for k in expected_keys if k not in source.tensors]
     expected_set = set(expected_keys)
     unexpected = [k for k in source.tensors if k not in expected_set and k not in ignored]
     if missing or unexpected:
         raise WeightsError(_key_message(table, source, missing, unexpected, expected_keys))
 
-    num_classes = layout.num_classes or 0
+    num_classes = num_classes or 0
     skip_head = False
     problems = []
     for entry in entries:
@@ -120,11 +140,7 @@ def make_plan(layout: ModelLayout, source: Source, skip_mismatched_head: bool):
             f"{source.label} does not fit the model: {problems[0]}{more}. "
             f"{_shape_hint(table, source)}"
         )
-    return [
-        (layout.layers[e.layer], [source.to_keras(table, e, p) for p in PARAMS])
-        for e in entries
-        if not (skip_head and e.layer == table.head)
-    ]
+    return skip_head
 
 
 def assign(plan) -> None:
