@@ -25,6 +25,10 @@ from pathlib import Path
 # Set to 1 to see every line the frameworks print (as `--debug` does).
 VERBOSE_ENV_VAR = "ALEXNET_K3_VERBOSE_FRAMEWORKS"
 
+# Holds the level this package set, so that the processes a command starts (a
+# study's runs) tell the inherited value from one the user set.
+_SET_BY_PACKAGE_ENV_VAR = "ALEXNET_K3_QUIETED_TF_LOG_LEVEL"
+
 # 2: TensorFlow's and XLA's C++ logging keeps errors and fatal errors (E, F),
 # drops info and warnings. Not 3: an error a user must see would go too.
 QUIET_LOG_LEVEL = "2"
@@ -42,7 +46,8 @@ def quiet_frameworks(verbose: bool = False):
     """Keeps the frameworks' C++ info and warning lines off this process's console.
 
     Sets `TF_CPP_MIN_LOG_LEVEL` to 2 unless the user set it (their value wins,
-    and then nothing else is changed either), and catches fd 2 while TensorFlow
+    and then nothing else is changed either; the value a parent command set,
+    as a study's runs inherit it, is not the user's), and catches fd 2 while TensorFlow
     is imported, whenever something imports it: its start-up info lines, the
     absl preamble, and on a machine without an NVIDIA driver its error-level
     `cuInit` line are dropped; everything else it printed (errors, Python
@@ -61,16 +66,22 @@ def quiet_frameworks(verbose: bool = False):
     """
     if verbose or os.environ.get(VERBOSE_ENV_VAR) == "1":
         return None
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        return None
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = QUIET_LOG_LEVEL
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    inherited = level is not None and level == os.environ.get(_SET_BY_PACKAGE_ENV_VAR)
+    if level is not None and not inherited:
+        return None  # the user's own
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ[_SET_BY_PACKAGE_ENV_VAR] = QUIET_LOG_LEVEL
     finder = None
-    if "tensorflow" not in sys.modules:
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path
+    ):
         finder = _QuietTensorFlowFinder()
         sys.meta_path.insert(0, finder)
 
     def undo():
-        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        if not inherited:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+            os.environ.pop(_SET_BY_PACKAGE_ENV_VAR, None)
         if finder in sys.meta_path:
             sys.meta_path.remove(finder)
 

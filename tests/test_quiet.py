@@ -51,9 +51,21 @@ def test_the_users_own_settings_win(monkeypatch):
     finally:
         undo()
     assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ and sys.meta_path == finders
+    # The level a parent command set (a study's runs inherit it) is not the user's.
+    undo = quiet.quiet_frameworks()
+    try:
+        inherited = quiet.quiet_frameworks()
+        assert inherited is not None
+        inherited()
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == quiet.QUIET_LOG_LEVEL
+    finally:
+        undo()
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ and sys.meta_path == finders
 
 
-# train, then evaluate what it trained, in one process: the console of both.
+# train, then evaluate what it trained, in one process: the console of both. It is
+# started as a study starts its runs: by a command that quieted the console first,
+# whose settings it inherits.
 TRAIN_AND_EVALUATE = """
 import sys
 from alexnet_k3.cli import main
@@ -62,11 +74,18 @@ assert main(["train", "--epochs", "1", "--batch-size", "256", "--validation-spli
              "--out", out, "--verbose", "2"]) == 0
 assert main(["evaluate", out + "/model.keras", "--out", out + "/evaluated"]) == 0
 """
+FROM_A_COMMAND = """
+import subprocess, sys
+from alexnet_k3 import quiet
+quiet.quiet_frameworks()
+sys.exit(subprocess.call([sys.executable, "-c", sys.argv[1], sys.argv[2]]))
+"""
 
 
 def _console(args, backend, env=None):
-    environ = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     environ.pop(quiet.VERBOSE_ENV_VAR, None)
+    environ.pop(quiet._SET_BY_PACKAGE_ENV_VAR, None)
     result = subprocess.run(
         [sys.executable, *args],
         env={**environ, **(env or {}), "KERAS_BACKEND": backend},
@@ -84,7 +103,8 @@ def _console(args, backend, env=None):
 @pytest.mark.parametrize("backend", ["tensorflow", "torch", "jax"])
 def test_train_and_evaluate_print_no_framework_log_line(tmp_path, backend):
     pytest.importorskip(backend)
-    console = _console(["-c", TRAIN_AND_EVALUATE, str(tmp_path / "run")], backend)
+    args = ["-c", FROM_A_COMMAND, TRAIN_AND_EVALUATE, str(tmp_path / "run")]
+    console = _console(args, backend)
     assert "test accuracy" in console  # the package's own lines are all there
     assert not LOG_LINE.findall(console), console[-3000:]
 
