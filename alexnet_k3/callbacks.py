@@ -154,6 +154,17 @@ class BestModelCheckpoint(keras.callbacks.Callback):
                 backend.save_alone(self.model, lambda p: self.model.save(p), self.path)
 
 
+class LoadSampler(keras.callbacks.Callback):
+    """Samples the machine's load after every epoch (`contention.LoadMonitor.sample`)."""
+
+    def __init__(self, monitor):
+        super().__init__()
+        self.monitor = monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.monitor.sample()
+
+
 class HistoryWriter(keras.callbacks.Callback):
     """Keeps `history.json` (epoch logs and seconds per epoch) up to date, atomically.
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from alexnet_k3 import commands, core
+from alexnet_k3 import commands, core, quiet
 from alexnet_k3.config import KINDS, TrainConfig
 from alexnet_k3.core import ARCHS, BACKENDS, DATASETS, JIT_SETTINGS
 from alexnet_k3.runs import TrainingDiverged
@@ -297,15 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEBUG_HELP = "on an error, show Python's full traceback instead of one line"
+DEBUG_HELP = (
+    "on an error, show Python's full traceback instead of one line; also show the "
+    f"frameworks' C++ start-up and info logging (or set {quiet.VERBOSE_ENV_VAR}=1)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
+        quiet.quiet_frameworks(verbose="--debug" in argv)
         return _bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Before any framework is imported: their C++ start-up logging is read then.
+    undo_quiet = quiet.quiet_frameworks(verbose=args.debug)
     # Errors raised inside the package name this command's flags, not Python keywords.
     # Both settings are put back afterwards, for callers of main() in a Python process.
     named_as_flags = core.from_command_line()
@@ -333,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         core.use_command_line_names(named_as_flags)
         _restore(environ)
+        if undo_quiet is not None:
+            undo_quiet()
 
 
 def _select_backend(name: str) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from alexnet_k3 import progress, runs
 from alexnet_k3.config import TrainConfig
+from alexnet_k3.contention import LoadMonitor
 from alexnet_k3.core import FLIP_AUGMENTATION, atomic_save, cpu_name, keep_freed_memory
 from alexnet_k3.metrics import metrics_from_logits
 
@@ -144,6 +145,7 @@ def _run(out: Path, config, verbose) -> dict:
     x_train = torch.from_numpy(np.ascontiguousarray(data.x_train)).to(device)
     x_train = x_train.permute(0, 3, 1, 2).contiguous()
     y_train = torch.from_numpy(np.asarray(data.y_train, dtype="int64")).to(device)
+    monitor = LoadMonitor()  # the conditions its speed is measured under, as a Keras run's
     for epoch in range(done + 1, config.epochs + 1):
         steps_shown = _progress_line(epoch, config.epochs) if verbose == 1 else None
         started = time.perf_counter()
@@ -161,6 +163,7 @@ def _run(out: Path, config, verbose) -> dict:
         )
         record = {**logs, "epoch": epoch, "phase": "train"}
         record["seconds"] = time.perf_counter() - started
+        monitor.sample()
         finite = math.isfinite(logs["loss"])
         if not finite:
             record["diverged"] = True
@@ -205,6 +208,7 @@ def _run(out: Path, config, verbose) -> dict:
         replicas_holding_weights=1,
         **speed,
         processes=1,
+        **monitor.summary(),
     )
     from alexnet_k3 import report
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet_k3 import contention
 from alexnet_k3.core import ARCH_TITLES, atomic_write_text, read_json
 
 # (title, metrics key, decimals for floats)
@@ -26,6 +27,13 @@ COMPARE_COLUMNS = [
     ("train time (s)", "train_seconds", 1),
     ("images/s", "images_per_second", 1),
 ]
+# The figures that depend on how busy the machine was: marked when it was contended.
+SPEED_KEYS = {
+    "train_seconds",
+    "images_per_second",
+    "images_per_second_after_first_epoch",
+    "eval_images_per_second",
+}
 
 
 def write_run(out: Path, metrics: dict, history: list[dict] | None, predict, data) -> None:
@@ -106,7 +114,12 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
     ):
         if key in metrics:
             digits = 4 if key.startswith("test_") else 1
-            lines.append(f"| {key} | {_fmt(metrics[key], digits)} |")
+            value = _fmt(metrics[key], digits)
+            if key in SPEED_KEYS:
+                value = contention.marked(value, metrics)
+            lines.append(f"| {key} | {value} |")
+    lines += _conditions_rows(metrics)
+    lines += contention.footnote(contention.contended(metrics))
     lines += ["", "## Per class (all test images)", ""]
     lines += ["| class | images | correct | accuracy |", "| --- | ---: | ---: | ---: |"]
     confusion = np.asarray(metrics["confusion_matrix"])
@@ -125,6 +138,22 @@ def _report_markdown(metrics: dict, history, plots: list[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _conditions_rows(metrics: dict) -> list[str]:
+    """The machine's state while the run trained (`contention.LoadMonitor.summary`)."""
+    if "cpu_cores" not in metrics:
+        return []
+    load = metrics.get("load_average") or {}
+    rows = [f"| cpu_cores | {metrics['cpu_cores']} |"]
+    if isinstance(load, dict):
+        rows.append(
+            f"| load_average (1 min) | start {_fmt(load.get('start'), 2)}, "
+            f"end {_fmt(load.get('end'), 2)} |"
+        )
+    rows.append(f"| other_cpu_cores | {_fmt(metrics.get('other_cpu_cores'), 2)} |")
+    rows.append(f"| contended | {'yes' if contention.contended(metrics) else 'no'} |")
+    return rows
 
 
 def _plot_all(out: Path, metrics: dict, history, predict, data) -> list[str]:
@@ -254,7 +283,12 @@ def compare_runs(run_dirs) -> str:
         implementation = metrics.get("implementation", "keras")
         metrics = {**metrics, "arch": arch_of(metrics), "implementation": implementation}
         cells = [_fmt(metrics.get(key), digits or 4) for _, key, digits in COMPARE_COLUMNS]
+        cells = [
+            contention.marked(c, metrics) if key in SPEED_KEYS else c
+            for c, (_, key, _) in zip(cells, COMPARE_COLUMNS)
+        ]
         lines.append("| " + " | ".join(map(_cell, [run_dir, *cells])) + " |")
+    lines += contention.footnote(any(contention.contended(m) for _, m in rows))
     return "\n".join(lines) + "\n"
 
 

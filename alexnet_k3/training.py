@@ -16,8 +16,9 @@ from pathlib import Path
 import keras
 
 from alexnet_k3 import backend, progress, runs
-from alexnet_k3.callbacks import fit_callbacks, stop_diverged
+from alexnet_k3.callbacks import LoadSampler, fit_callbacks, stop_diverged
 from alexnet_k3.config import TrainConfig, implementation_of
+from alexnet_k3.contention import LoadMonitor
 from alexnet_k3.core import FLIP_AUGMENTATION
 from alexnet_k3.model import build_classifier, default_input_size, weights_checksum
 from alexnet_k3.optimizers import TorchSGD
@@ -193,13 +194,18 @@ def _run(out: Path, config: TrainConfig, verbose, parallel) -> dict:
             seed=config.seed,
         )
         initial_checksum = weights_checksum(model)
+        # The conditions the speed figures are measured under: cores, load, contention.
+        monitor = LoadMonitor()
         try:
-            _fit_phases(model, config, out, (x_train, y_train), validation, verbose, parallel)
+            _fit_phases(
+                model, config, out, (x_train, y_train), validation, verbose, parallel, monitor
+            )
         except Exception as error:
             lost = parallel.lost(error)
             if lost is None:
                 raise
             raise lost from None  # one line: which process, and to --resume
+        conditions = monitor.summary()
         holding = backend.replicas_holding(model)
         if validation is None and parallel.writes:
             backend.save_alone(model, lambda p: model.save(p), best_path)
@@ -219,7 +225,7 @@ def _run(out: Path, config: TrainConfig, verbose, parallel) -> dict:
     metrics.update(_run_summary(config, data, len(x_train), history))
     metrics.update(init=config.init, initial_weights_sha256=initial_checksum)
     metrics.update(devices=replicas, replicas_holding_weights=holding, **speed_settings)
-    metrics.update(processes=parallel.processes)
+    metrics.update(processes=parallel.processes, **conditions)
     from alexnet_k3 import report
 
     report.write_run(out, metrics, history, best.predict_on_batch, data)
@@ -227,11 +233,14 @@ def _run(out: Path, config: TrainConfig, verbose, parallel) -> dict:
     return metrics
 
 
-def _fit_phases(model, config, out: Path, train_data, validation, verbose, parallel) -> None:
+def _fit_phases(
+    model, config, out: Path, train_data, validation, verbose, parallel, monitor
+) -> None:
     """Runs `fit` once, or twice with transfer learning's frozen-features phase first.
 
     Each phase finished leaves its weights in `state/`, so a resumed run skips it.
-    `parallel` (`_data_parallel`'s) feeds the data and says whether to write.
+    `parallel` (`_data_parallel`'s) feeds the data and says whether to write;
+    `monitor` (a `contention.LoadMonitor`) samples the machine's load each epoch.
     """
     train_feed = parallel.train_feed(*train_data, config.batch_size, config.seed)
     phases = [("train", config.epochs)]
@@ -270,7 +279,7 @@ def _fit_phases(model, config, out: Path, train_data, validation, verbose, paral
             epochs=end_epoch,
             initial_epoch=backup.restore(model, default=start_epoch),
             validation_data=validation and parallel.validation_feed(*validation, config.batch_size),
-            callbacks=parallel.callbacks(train_feed) + callbacks,
+            callbacks=parallel.callbacks(train_feed) + [LoadSampler(monitor)] + callbacks,
             verbose=verbose,
         )
         if guard.epoch is not None:

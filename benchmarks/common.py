@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet_k3.contention import LoadMonitor
 from alexnet_k3.core import ARCHS_WITH_VARIANTS, atomic_write_json, is_out_of_memory
 
 KERAS_IMPLS = ("keras-torch", "keras-jax", "keras-tensorflow")
@@ -79,6 +80,14 @@ RECORD_KEYS = (
     "tf32_conv",
     # The dtype the last Dense/Linear computes in (float32 policy: float32).
     "head_dtype",
+    # The machine while the steps were measured (`alexnet_k3.contention`): usable
+    # cores, 1-minute load average, cores this process and others kept busy, and
+    # whether others competed for the cores (then the figure is not comparable).
+    "cpu_cores",
+    "load_average",
+    "own_cpu_cores",
+    "other_cpu_cores",
+    "contended",
     # The run's requested settings and the machine, identical in every record of a run.
     "settings",
     "metadata",
@@ -132,6 +141,8 @@ class Timing:
     steps: int = 0
     warmup: int = 0
     pipelined: bool = False
+    # `LoadMonitor.summary()` over the measured steps (the warm-up left out).
+    conditions: dict = field(default_factory=dict)
 
 
 def _check_counts(warmup: int, steps: int, min_seconds: float) -> None:
@@ -173,11 +184,14 @@ def time_steps(
         start = time.perf_counter()
         synchronize(step())
         timing.warmup_seconds.append(time.perf_counter() - start)
+    monitor = LoadMonitor()
     while len(timing.step_seconds) < steps or sum(timing.step_seconds) < min_seconds:
         start = time.perf_counter()
         synchronize(step())
         timing.step_seconds.append(time.perf_counter() - start)
+    monitor.sample()
     timing.steps = len(timing.step_seconds)
+    timing.conditions = monitor.summary()
     return timing
 
 
@@ -212,6 +226,7 @@ def time_pipelined(
     synchronize(run_steps(warmup))
     timing.warmup_seconds.append(time.perf_counter() - start)
     count = steps
+    monitor = LoadMonitor()
     while True:
         start = time.perf_counter()
         synchronize(run_steps(count))
@@ -220,7 +235,9 @@ def time_pipelined(
             break
         # 10% over the target, so the next span is not just short of it again.
         count = max(count + 1, math.ceil(count * 1.1 * min_seconds / max(seconds, 1e-9)))
+    monitor.sample()
     timing.step_seconds, timing.steps = [seconds], count
+    timing.conditions = monitor.summary()
     return timing
 
 
@@ -248,6 +265,7 @@ def summarize(timing: Timing, batch_size: int) -> dict:
         "step_ms_p90": None,
         "step_ms_min": None,
         "first_step_seconds": None,
+        **timing.conditions,
     }
     if timing.pipelined:
         result["compile_seconds"] = max(0.0, warm - timing.warmup * mean)
@@ -384,5 +402,10 @@ def progress(record: dict, *, save: bool = True) -> None:
         line = (
             f"{what}: {record['images_per_sec']:.1f} images/s, {step} a step over "
             f"{record['steps']} steps, compile {record['compile_seconds'] or 0.0:.1f} s"
+        )
+    if record.get("contended"):
+        line += (
+            f" [contended: other processes kept {record['other_cpu_cores']} of "
+            f"{record['cpu_cores']} cores busy; not comparable]"
         )
     print(f"[bench] {line}", file=sys.stderr, flush=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import sys
 import time
 
+from alexnet_k3.contention import LoadMonitor
 from alexnet_k3.core import JIT_SETTINGS, freed_memory_kept
 from benchmarks import common
 
@@ -361,8 +362,10 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
 
     clock = epoch_clock()
     feed = kb.array_feed(x, y, batch_size=batch, shuffle=True)
+    monitor = LoadMonitor()
     history = model.fit(**feed, epochs=epochs, callbacks=[clock], verbose=0)
     kb.synchronize(history.history)
+    monitor.sample()
     after = common.time_pipelined(twin, kb.synchronize, warmup=1, steps=half)
 
     first = clock.ends[0] - clock.start
@@ -391,6 +394,7 @@ def _measure_end_to_end(batch, config, compile_kwargs) -> dict:
         "jit": bool(model.jit_compile),
         "head_dtype": head_dtype(network),
         "peak_memory_bytes": kb.peak_memory_bytes(),
+        **monitor.summary(),
     }
 
 

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from alexnet_k3 import contention
 from alexnet_k3.core import ARCH_TITLES, ARCHS, ARCHS_WITH_VARIANTS
 from benchmarks import common, machine
 
@@ -93,7 +94,7 @@ def format_table(records: list[dict], config: dict) -> str:
         lines.append(
             f"| {r['impl']} | {r.get('arch') or 'alexnet'} | {r['mode']} "
             f"| {r.get('timing') or '—'} | {r['batch_size']} "
-            f"| {_fmt(r['images_per_sec'], '.1f')} | {_fmt(r.get('step_ms_mean'), '.1f')} "
+            f"| {_speed(r)} | {_fmt(r.get('step_ms_mean'), '.1f')} "
             f"| {_fmt(r['step_ms_median'], '.1f')} | {_fmt(r['step_ms_p90'], '.1f')} "
             f"| {_fmt(r['compile_seconds'], '.1f')} | {_fmt(r.get('jit'), '')} "
             f"| {_fmt(r.get('ratio_vs_torchvision_eager'), '.2f')} "
@@ -116,11 +117,17 @@ def format_table(records: list[dict], config: dict) -> str:
                 f"| {r.get('dataset') or '—'} "
                 f"| {_fmt(r.get('epoch_images'), 'd')} | {_fmt(r.get('steps'), 'd')} "
                 f"| {_fmt(r.get('first_epoch_seconds'), '.1f')} "
-                f"| {_fmt(r['images_per_sec'], '.1f')} "
+                f"| {_speed(r)} "
                 f"| {_fmt(r.get('synthetic_images_per_sec'), '.1f')} "
                 f"| {_fmt(r.get('e2e_ratio'), '.0%')} | {r.get('error') or ''} |"
             )
+    lines += contention.footnote(any(contention.contended(r) for r in records))
     return "\n".join(lines)
+
+
+def _speed(record: dict) -> str:
+    """images/s, marked when other processes competed for the cores while it was measured."""
+    return contention.marked(_fmt(record["images_per_sec"], ".1f"), record)
 
 
 def networks(config: dict) -> str:

@@ -91,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         report.save(records, table, args.out)
         if args.readme is not None:
             report.refresh_readme(args.readme, args.out)
+    busy = [r for r in records if r.get("contended")]
+    if busy:
+        print(
+            f"[bench] WARNING: {len(busy)} of {len(records)} records were measured while other "
+            "processes competed for the CPU cores (`contended`): their images/s are not "
+            "comparable. Rerun on an idle machine.",
+            file=sys.stderr,
+        )
     failed = failures(measured)
     for impl, error in failed:
         print(f"[bench] FAILED: {impl}: {error}", file=sys.stderr)

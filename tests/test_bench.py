@@ -17,7 +17,7 @@ import keras
 import pytest
 
 from alexnet_k3 import backend as kb
-from alexnet_k3 import core
+from alexnet_k3 import contention, core
 
 # benchmarks/ is a folder of the repository (on sys.path through pytest's `pythonpath`).
 from benchmarks import common, keras_bench, report, runner
@@ -157,6 +157,11 @@ def test_records_complete(worker_records):
         assert record["images_per_sec"] > 0 and record["step_ms_mean"] > 0
         assert isinstance(record["jit"], bool) and record["head_dtype"] == "float32"
         assert record["compile_seconds"] >= 0 and record["measured_seconds"] > 0
+        # The machine's state while it was measured, and the rule's verdict on it.
+        assert record["cpu_cores"] >= 1 and record["load_average"]["end"] is not None
+        assert record["contended"] is contention.is_contended(
+            record["cpu_cores"], record["other_cpu_cores"]
+        )
         if key[0] != "train-e2e":  # its figure is images over the steady epochs' time
             timed = record["batch_size"] * record["steps"] / record["measured_seconds"]
             assert record["images_per_sec"] == pytest.approx(timed)
@@ -451,6 +456,10 @@ def test_table_from_records_without_a_run():
     assert records[2]["ratio_vs_torchvision_compile"] is None
     assert records[3]["ratio_vs_torchvision_eager"] is None
     assert "| 1.50 |" in table and "| oom |" in table
+    assert contention.NOTE not in table  # nothing measured under contention
+    records[3]["contended"] = True
+    table = report.format_table(records, config)
+    assert "| 12.0* |" in table and "| 15.0 |" in table and contention.NOTE in table
 
 
 def test_readme_table_is_refreshed_from_a_saved_run(tmp_path, monkeypatch):

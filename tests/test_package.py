@@ -77,7 +77,14 @@ def test_no_import_cycle():
 
 # Data flows one way: nothing imports a layer above its own.
 LAYERS = [
-    ("alexnet_k3.core", "alexnet_k3.config", "alexnet_k3.downloads", "alexnet_k3.launch"),
+    (
+        "alexnet_k3.core",
+        "alexnet_k3.config",
+        "alexnet_k3.downloads",
+        "alexnet_k3.launch",
+        "alexnet_k3.contention",
+        "alexnet_k3.quiet",
+    ),
     ("alexnet_k3.backend", "alexnet_k3.datasets", "alexnet_k3.layers", "alexnet_k3.optimizers"),
     ("alexnet_k3.preprocessing", "alexnet_k3.weights", "alexnet_k3.builders"),
     ("alexnet_k3.model", "alexnet_k3.vgg", "alexnet_k3.torch_loop"),
@@ -118,7 +125,7 @@ def test_imports_flow_one_way():
 
 
 def test_core_and_config_import_no_framework():
-    for module in ("core", "config", "downloads", "launch"):
+    for module in ("core", "config", "downloads", "launch", "contention", "quiet"):
         tree = ast.parse((PACKAGE / f"{module}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):

@@ -14,6 +14,7 @@ import pytest
 from headless_chromium import Chromium, find_chromium
 from PIL import Image
 
+from alexnet_k3 import contention
 from alexnet_k3.studies.report import paragraph, records, write_report
 
 SHA = "3f2a9c1e7b44d0e5a6c8b9f0112233445566778899aabbccddeeff0011223344"
@@ -511,3 +512,22 @@ def test_html_in_headless_chromium(report, tmp_path):
         assert image.width == 1280 and image.height > 2000
         # A rendered page, not a blank one: many distinct colours (plots, tables, text).
         assert len(image.convert("RGB").getcolors(1 << 24)) > 1000
+
+
+def test_speed_measured_under_contention_is_marked_everywhere(tmp_path):
+    busy = _record("busy", "keras", "torch", 0.8, contended=True, train_seconds=338.4)
+    calm = _record("calm", "keras", "jax", 0.7, contended=False, images_per_second=335.6)
+    transfer = _record("transfer", "keras", "jax", 0.75, mode="transfer", train_seconds=30.0)
+    study = _study([busy, calm, transfer])
+    md_path, html_path = write_report(tmp_path, study)
+    md, page = md_path.read_text(), html_path.read_text()
+    rows = _table_rows(md, "## Runs")
+    busy_row = next(r for r in rows if r.startswith("| busy |"))
+    calm_row = next(r for r in rows if r.startswith("| calm |"))
+    assert "| 338.4* | 1500.0* |" in busy_row and "*" not in calm_row
+    assert contention.NOTE in md and contention.NOTE in page and "338.4*" in page
+    text = paragraph(study)
+    assert "The train time and images/s of busy (*) were measured while other processes" in text
+    # A time measured under contention is not set against another one.
+    assert "of its training time" not in text
+    assert records.contention_note(_study([calm])) is None

@@ -27,6 +27,9 @@ _RECORD_METRICS = (
     "images_per_second",
     "initial_weights_sha256",
     "device",
+    "cpu_cores",
+    "other_cpu_cores",
+    "contended",
 )
 
 

@@ -9,6 +9,7 @@ from alexnet_k3.report import _cell, _fmt
 from alexnet_k3.studies.report.records import (
     NUMERIC_KEYS,
     SUMMARY_COLUMNS,
+    contention_note,
     environment_items,
     per_class_rows,
     plan_name,
@@ -34,6 +35,9 @@ def markdown(study: dict) -> str:
     )
     for record in study["runs"]:
         lines.append("| " + " | ".join(map(_cell, summary_cells(record))) + " |")
+    note = contention_note(study)
+    if note:  # escaped: a line that starts with "* " is a list item
+        lines += ["", "\\" + note]
     names, rows = per_class_rows(study)
     if rows:
         lines += ["", "## Per-class test accuracy (all test images)", ""]

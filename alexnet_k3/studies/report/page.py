@@ -19,6 +19,7 @@ from alexnet_k3.studies.report.records import (
     NUMERIC_KEYS,
     SUMMARY_COLUMNS,
     TRAIN_KINDS,
+    contention_note,
     environment_items,
     is_ok,
     num,
@@ -111,6 +112,9 @@ def html_page(study: dict, histories: dict[str, list[dict]]) -> str:
         parts.append(f'<p class="meta">{_e(", ".join(when))}</p>')
     parts.append(f'<p class="summary">{_e(paragraph(study))}</p>')
     parts += ["<h2>Runs</h2>", _summary_html(study)]
+    note = contention_note(study)
+    if note:
+        parts.append(f'<p class="meta">{_e(note)}</p>')
 
     runs = study["runs"]
     heatmap = heatmap_figure(study)

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path, PurePosixPath
 
+from alexnet_k3 import contention
 from alexnet_k3.core import read_json
 from alexnet_k3.report import _fmt
 
@@ -30,6 +31,18 @@ SUMMARY_COLUMNS = [
     ("cross-backend accuracy", "cross_backend", None),
 ]
 NUMERIC_KEYS = {key for _, key, digits in SUMMARY_COLUMNS if digits is not None} | {"epochs"}
+# Marked (`contention.MARK`) in the runs measured while other processes used the cores.
+SPEED_KEYS = {"train_seconds", "images_per_second"}
+
+
+def contended_runs(study: dict) -> list[dict]:
+    """The runs whose speed figures were measured under contention."""
+    return [r for r in study.get("runs") or [] if contention.contended(r)]
+
+
+def contention_note(study: dict) -> str | None:
+    """The tables' footnote when a run's figures are marked, else None."""
+    return f"{contention.MARK} {contention.NOTE}." if contended_runs(study) else None
 
 
 def num(value) -> float | None:
@@ -127,6 +140,8 @@ def summary_cells(record: dict, separator: str = ", ") -> list[str]:
         elif key == "initial_weights_sha256":
             sha = record.get(key)
             cells.append(str(sha)[:12] if sha else "-")
+        elif key in SPEED_KEYS:
+            cells.append(contention.marked(_fmt(num(record.get(key)), digits), record))
         elif key in NUMERIC_KEYS and key != "epochs":
             cells.append(_fmt(num(record.get(key)), digits))
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from alexnet_k3 import contention
 from alexnet_k3.studies.report.records import num, pct, train_runs
 
 
@@ -53,6 +54,7 @@ def paragraph(study: dict) -> str:
     sentences += _cross_backend_sentences(trained)
     sentences += _reference_sentences(trained)
     sentences += _transfer_sentences(trained)
+    sentences += _contention_sentences(records)
     sentences.append(_unfinished_sentence(records))
     return " ".join(sentences)
 
@@ -140,13 +142,25 @@ def _transfer_sentences(trained: list[dict]) -> list[str]:
             + f" the best from-scratch accuracy ({best_s['name']}, {pct(acc_s)})"
         )
         time_t, time_s = num(best_t.get("train_seconds")), num(best_s.get("train_seconds"))
-        if time_t is not None and time_s:
+        # A time measured while other processes used the cores compares nothing.
+        busy = contention.contended(best_t) or contention.contended(best_s)
+        if time_t is not None and time_s and not busy:
             sentence += (
                 f", in {100 * time_t / time_s:.0f}% of its training time "
                 f"({time_t:.1f} s against {time_s:.1f} s)"
             )
         sentences.append(sentence + ".")
     return sentences
+
+
+def _contention_sentences(records: list[dict]) -> list[str]:
+    busy = [r.get("name", "?") for r in records if contention.contended(r)]
+    if not busy:
+        return []
+    return [
+        f"The train time and images/s of {_names(busy)} ({contention.MARK}) were "
+        "measured while other processes competed for the CPU cores: they are not comparable."
+    ]
 
 
 def _unfinished_sentence(records: list[dict]) -> str:
